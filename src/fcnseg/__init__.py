@@ -1,0 +1,9 @@
+"""fcnseg: semantic segmentation with Fully Convolutional Networks (Long, Shelhamer & Darrell, 2015)."""
+
+from __future__ import annotations
+
+__version__ = "0.1.0"
+
+from .models import FCN, MODELS, bilinear_kernel, build_model  # noqa: E402
+
+__all__ = ["FCN", "MODELS", "__version__", "bilinear_kernel", "build_model"]

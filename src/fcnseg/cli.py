@@ -1,0 +1,58 @@
+"""The ``fcnseg`` command line: one sub-command per module in :mod:`fcnseg.commands`.
+
+Each command module defines ``add_parser(subparsers)`` (which registers its options and
+sets ``func``) so this file stays a dispatcher. User errors (:class:`FcnsegError`) print
+one line and exit 2; a Ctrl-C exits 130; anything else is a bug and keeps its traceback.
+"""
+
+from __future__ import annotations
+
+import argparse
+import importlib
+import sys
+
+from . import __version__
+from .errors import FcnsegError
+
+# Sub-command name -> module under fcnseg.commands. Imported lazily so that
+# `fcnseg upsample` does not pay for importing the training engine.
+COMMANDS = {
+    "demo": "Train, evaluate and visualise an FCN-8s on the built-in synthetic data (offline).",
+    "train": "Train an FCN on VOC, CamVid, an image/mask folder or the synthetic data.",
+    "evaluate": "Evaluate a checkpoint on whole images: pixel accuracy, mean IoU, per-class IoU.",
+    "predict": "Predict masks for images of any size; write palette PNGs and overlays.",
+    "upsample": "Enlarge a photo with a bilinear-initialised transposed convolution.",
+}
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="fcnseg",
+        description="Semantic segmentation with Fully Convolutional Networks.",
+    )
+    parser.add_argument("--version", action="version", version=f"fcnseg {__version__}")
+    sub = parser.add_subparsers(dest="command", metavar="COMMAND")
+    sub.required = True
+    for name, help_text in COMMANDS.items():
+        module = importlib.import_module(f".commands.{name}", __package__)
+        module.add_parser(sub, help_text)
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    """Entry point of the ``fcnseg`` console script; returns the exit status."""
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    try:
+        status = args.func(args)
+    except FcnsegError as exc:
+        print(f"fcnseg: error: {exc}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        print("fcnseg: interrupted", file=sys.stderr)
+        return 130
+    return int(status or 0)
+
+
+if __name__ == "__main__":  # pragma: no cover
+    raise SystemExit(main())
