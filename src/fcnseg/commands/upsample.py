@@ -1,0 +1,110 @@
+"""``fcnseg upsample IMAGE --scale 2 --out OUT.png``: the chapter's upsampling lesson.
+
+Enlarges a photo with a transposed convolution initialised by the bilinear kernel (the same
+layer FCN uses to bring class scores back to full resolution), prints the shapes and writes
+the result, and with ``--figure`` the input and output side by side.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import tempfile
+from collections.abc import Callable
+from pathlib import Path
+
+from ..errors import FcnsegError
+
+
+def add_parser(subparsers: argparse._SubParsersAction, help_text: str) -> None:
+    """Register the ``upsample`` sub-command."""
+    p = subparsers.add_parser("upsample", help=help_text, description=help_text)
+    p.add_argument("image", type=Path, help="image to enlarge (PNG, JPEG, ...)")
+    p.add_argument(
+        "--scale", type=int, default=2, help="integer enlargement factor >= 1 (default 2)"
+    )
+    p.add_argument("--out", type=Path, required=True, help="where to write the enlarged PNG")
+    p.add_argument("--figure", type=Path, default=None, help="also write a side-by-side figure")
+    p.set_defaults(func=run)
+
+
+def _atomic_write(path: Path, write: Callable[[str], None], what: str) -> None:
+    """Call ``write(tmp)`` on a temporary file next to ``path``, then rename it into place,
+    so that an interrupted or failed write never leaves a half-written file at ``path``."""
+    parent = path.parent if str(path.parent) else Path(".")
+    if not parent.is_dir():
+        raise FcnsegError(f"cannot write {what} {path}: folder {parent} does not exist")
+    try:
+        fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=parent)
+    except OSError as exc:
+        raise FcnsegError(f"cannot write {what} {path}: {exc.strerror or exc}") from exc
+    os.close(fd)
+    try:
+        write(tmp)
+        # mkstemp creates the file 0600; give it the permissions a normal open() would.
+        umask = os.umask(0)
+        os.umask(umask)
+        os.chmod(tmp, 0o666 & ~umask)
+        os.replace(tmp, path)
+    except OSError as exc:
+        raise FcnsegError(f"cannot write {what} {path}: {exc.strerror or exc}") from exc
+    finally:
+        if os.path.exists(tmp):
+            os.unlink(tmp)
+
+
+def _write_figure(path: Path, original, enlarged, scale: int) -> None:
+    import matplotlib
+
+    matplotlib.use("Agg")  # no display needed (servers, CI)
+    import matplotlib.pyplot as plt
+
+    fig, axes = plt.subplots(1, 2, figsize=(10, 4), width_ratios=[1, 1])
+    titles = (
+        f"input {original.shape[0]} x {original.shape[1]}",
+        f"x{scale} transposed conv {enlarged.shape[0]} x {enlarged.shape[1]}",
+    )
+    for ax, img, title in zip(axes, (original, enlarged), titles, strict=True):
+        ax.imshow(img)
+        ax.set_title(title)
+        ax.axis("off")
+    fig.tight_layout()
+    try:
+        _atomic_write(path, lambda tmp: fig.savefig(tmp, format="png", dpi=100), "figure")
+    finally:
+        plt.close(fig)
+
+
+def run(args: argparse.Namespace) -> int:
+    """Enlarge ``args.image`` by ``args.scale``; returns the exit status."""
+    if args.scale < 1:
+        raise FcnsegError(f"--scale must be an integer >= 1, got {args.scale}")
+    if args.out.suffix.lower() != ".png":
+        raise FcnsegError(f"--out {args.out}: the output is written as PNG, name it *.png")
+    if args.figure is not None and args.figure.suffix.lower() != ".png":
+        raise FcnsegError(f"--figure {args.figure}: the figure is written as PNG, name it *.png")
+
+    import numpy as np
+    import torch
+    from PIL import Image
+
+    from ..data.io import read_image
+    from ..models.upsampling import bilinear_upsample
+
+    image = read_image(args.image)  # uint8 H x W x 3; DataError naming the file otherwise
+    x = torch.from_numpy(image.copy()).permute(2, 0, 1).unsqueeze(0).float()
+    y = bilinear_upsample(x, args.scale)
+    print(
+        f"input: {x.shape[1]} x {x.shape[2]} x {x.shape[3]} -> "
+        f"output: {y.shape[1]} x {y.shape[2]} x {y.shape[3]}"
+    )
+    # Bilinear weights are a convex combination, but float rounding can step just outside
+    # [0, 255]; round, then clamp so that the uint8 cast never wraps around.
+    out = y[0].permute(1, 2, 0).round().clamp(0, 255).to(torch.uint8).numpy()
+    out = np.ascontiguousarray(out)
+    _atomic_write(args.out, lambda tmp: Image.fromarray(out).save(tmp, format="PNG"), "image")
+    print(f"wrote {args.out}")
+    if args.figure is not None:
+        _write_figure(args.figure, image, out, args.scale)
+        print(f"wrote {args.figure}")
+    return 0

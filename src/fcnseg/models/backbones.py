@@ -1,0 +1,163 @@
+"""ResNet backbones for FCN, with their stride-8/16/32 feature taps and weights loading.
+
+The torchvision ResNet loses its global pooling and fully connected layer: torchvision's
+``IntermediateLayerGetter`` keeps the modules up to ``layer4`` and returns the outputs of
+``layer2`` (stride 8), ``layer3`` (stride 16) and ``layer4`` (stride 32), the three feature
+maps the FCN skip architecture scores. Module names stay torchvision's, so a torchvision
+state dict loads into it unchanged (minus ``fc.*``).
+
+Weights: ``pretrained=True`` goes through torchvision's weights API (download into the torch
+hub cache with a hash check when online, read from that cache offline); ``weights_path`` is
+a local torchvision-format state dict. Whenever weights were asked for and cannot be loaded
+we raise :class:`WeightsError`: a silently random backbone would train to a useless model
+with no warning.
+"""
+
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass
+from pathlib import Path
+
+import torch
+from torch import Tensor, nn
+from torchvision import models as tvm
+from torchvision.models._utils import IntermediateLayerGetter
+
+from ..errors import UnknownNameError, WeightsError
+
+# Output names of the feature taps, keyed by the layer they come from.
+TAPS = {"layer2": "s8", "layer3": "s16", "layer4": "s32"}
+
+
+@dataclass(frozen=True)
+class BackboneSpec:
+    """How to build one backbone: torchvision builder, weights enum and tap channels."""
+
+    builder: str  # torchvision.models function name
+    weights: str  # torchvision.models weights enum name
+    channels: dict[str, int]  # tap name ("s8", "s16", "s32") -> channels
+
+
+_BASIC = {"s8": 128, "s16": 256, "s32": 512}  # BasicBlock ResNets
+_BOTTLENECK = {"s8": 512, "s16": 1024, "s32": 2048}  # Bottleneck ResNets (expansion 4)
+
+BACKBONES: dict[str, BackboneSpec] = {
+    "resnet18": BackboneSpec("resnet18", "ResNet18_Weights", _BASIC),
+    "resnet34": BackboneSpec("resnet34", "ResNet34_Weights", _BASIC),
+    "resnet50": BackboneSpec("resnet50", "ResNet50_Weights", _BOTTLENECK),
+    "resnet101": BackboneSpec("resnet101", "ResNet101_Weights", _BOTTLENECK),
+}
+
+
+def get_spec(name: str) -> BackboneSpec:
+    """The :class:`BackboneSpec` of ``name``; :class:`UnknownNameError` lists valid names."""
+    if name not in BACKBONES:
+        raise UnknownNameError("backbone", name, list(BACKBONES))
+    return BACKBONES[name]
+
+
+def hub_cache_path(name: str) -> tuple[str, Path]:
+    """``(url, cached file)`` of the ImageNet weights of backbone ``name`` in the hub cache."""
+    weights = getattr(tvm, get_spec(name).weights).IMAGENET1K_V1
+    filename = os.path.basename(weights.url)
+    return weights.url, Path(torch.hub.get_dir()) / "checkpoints" / filename
+
+
+def _imagenet_state_dict(name: str) -> dict[str, Tensor]:
+    """ImageNet weights through torchvision's weights API, or a WeightsError saying how to
+    put the file in place by hand (for machines without internet)."""
+    url, cached = hub_cache_path(name)
+    weights = getattr(tvm, get_spec(name).weights).IMAGENET1K_V1
+    was_cached = cached.is_file()
+    try:
+        # check_hash: a truncated or tampered download fails instead of loading garbage;
+        # weights_only: never unpickle arbitrary objects from a downloaded file.
+        return weights.get_state_dict(progress=False, check_hash=True, weights_only=True)
+    except Exception as exc:  # network errors, hash mismatch, corrupt cache file, ...
+        if was_cached:  # the hash is only checked at download time: a bad cached copy
+            raise WeightsError(
+                f"cached ImageNet weights {cached} for {name} cannot be read "
+                f"({type(exc).__name__}): delete it and retry online, or download {url} "
+                "to that path again, or pass --backbone-weights PATH"
+            ) from exc
+        lines = str(exc).strip().splitlines()
+        reason = lines[0] if lines else type(exc).__name__
+        raise WeightsError(
+            f"cannot get ImageNet weights for {name} ({reason}): download {url} and save it "
+            f"as {cached}, or pass --backbone-weights PATH to a torchvision {name} state dict"
+        ) from exc
+
+
+def _file_state_dict(path: Path) -> dict[str, Tensor]:
+    """A state dict read from ``path`` with ``weights_only=True``; WeightsError otherwise."""
+    if not path.is_file():
+        raise WeightsError(
+            f"backbone weights file {path} does not exist: pass the path of a torchvision "
+            "ResNet state dict (.pth)"
+        )
+    try:
+        state = torch.load(path, map_location="cpu", weights_only=True)
+    except Exception as exc:  # truncated zip, not a torch file, unsafe pickle, ...
+        raise WeightsError(
+            f"backbone weights file {path} cannot be read ({type(exc).__name__}): it is corrupt "
+            "or not a torch state dict; save one with torch.save(model.state_dict(), PATH)"
+        ) from exc
+    # Accept a checkpoint that wraps the state dict, a common way such files are shared.
+    if isinstance(state, dict) and isinstance(state.get("state_dict"), dict):
+        state = state["state_dict"]
+    if not isinstance(state, dict) or not all(isinstance(v, Tensor) for v in state.values()):
+        raise WeightsError(
+            f"backbone weights file {path} is not a state dict of tensors: save one with "
+            "torch.save(model.state_dict(), PATH)"
+        )
+    return state
+
+
+def load_backbone_state(body: nn.Module, state: dict[str, Tensor], name: str, source: str) -> None:
+    """Load a full torchvision ResNet ``state`` into ``body``; ``fc.*`` keys are dropped.
+
+    Loads strictly: a missing, unexpected or mis-shaped tensor means the file is for another
+    architecture, and we refuse rather than keep part of the backbone random.
+    """
+    state = {k: v for k, v in state.items() if not k.startswith("fc.")}
+    try:
+        body.load_state_dict(state, strict=True)
+    except RuntimeError as exc:
+        own = body.state_dict()
+        missing = sorted(set(own) - set(state))
+        unexpected = sorted(set(state) - set(own))
+        shapes = [k for k in own if k in state and own[k].shape != state[k].shape]
+        details = []
+        if missing:
+            details.append(f"{len(missing)} missing keys (e.g. {missing[0]})")
+        if unexpected:
+            details.append(f"{len(unexpected)} unexpected keys (e.g. {unexpected[0]})")
+        if shapes:
+            details.append(f"{len(shapes)} shape mismatches (e.g. {shapes[0]})")
+        raise WeightsError(
+            f"backbone weights {source} do not fit {name}: {'; '.join(details) or exc}; "
+            f"use a torchvision {name} state dict or choose the matching --backbone"
+        ) from exc
+
+
+def build_backbone(
+    name: str = "resnet18",
+    pretrained: bool = False,
+    weights_path: str | Path | None = None,
+) -> tuple[IntermediateLayerGetter, dict[str, int]]:
+    """The ResNet ``name`` without pooling/fc, returning ``{"s8", "s16", "s32"}`` features.
+
+    Returns ``(body, channels)``. ``weights_path`` (a local state dict) takes precedence
+    over ``pretrained`` (the hub cache / download); with neither the backbone is random.
+    """
+    spec = get_spec(name)
+    resnet = getattr(tvm, spec.builder)(weights=None)
+    body = IntermediateLayerGetter(resnet, return_layers=dict(TAPS))
+    if weights_path is not None:
+        path = Path(weights_path).expanduser()
+        load_backbone_state(body, _file_state_dict(path), name, f"file {path}")
+    elif pretrained:
+        _, cached = hub_cache_path(name)
+        load_backbone_state(body, _imagenet_state_dict(name), name, f"file {cached}")
+    return body, dict(spec.channels)
