@@ -1,0 +1,68 @@
+"""CamVid in the SegNet layout: ``<root>/<split>/*.png`` with labels in ``<root>/<split>annot/``.
+
+Splits train / val / test; 11 classes; label 11 (void) becomes the ignore index 255 so that
+every data set ignores the same value. Images are 480 x 360 RGB PNGs, labels 8-bit indices.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from ..errors import DataError
+from .base import SegmentationDataset, Transform
+from .io import IMAGE_EXTENSIONS
+from .meta import DatasetMeta
+
+CAMVID_CLASSES = [
+    "sky", "building", "pole", "road", "pavement", "tree", "sign/symbol", "fence", "car",
+    "pedestrian", "bicyclist",
+]
+CAMVID_PALETTE = [
+    (128, 128, 128), (128, 0, 0), (192, 192, 128), (128, 64, 128), (60, 40, 222),
+    (128, 128, 0), (192, 128, 128), (64, 64, 128), (64, 0, 128), (64, 64, 0), (0, 128, 192),
+]
+CAMVID_VOID = 11
+CAMVID_SPLITS = ("train", "val", "test")
+
+
+def camvid_meta() -> DatasetMeta:
+    """Metadata of CamVid (SegNet's 11 classes and colours); void is ignored (255)."""
+    return DatasetMeta("camvid", CAMVID_CLASSES, CAMVID_PALETTE, ignore_index=255)
+
+
+def build_camvid(
+    root: str | Path,
+    split: str = "train",
+    transform: Transform | None = None,
+    download: bool = False,
+    cache: bool = True,
+    cache_dir: str | Path | None = None,
+) -> SegmentationDataset:
+    """CamVid ``split`` under ``root`` (SegNet layout). ``download`` is not supported."""
+    root = Path(root)
+    img_dir, ann_dir = root / split, root / f"{split}annot"
+    if not img_dir.is_dir():
+        have = sorted(s for s in CAMVID_SPLITS if (root / s).is_dir())
+        raise DataError(
+            f"{img_dir}: CamVid split folder not found; expected {root}/<split>/*.png and "
+            f"{root}/<split>annot/*.png (SegNet layout); splits here: {', '.join(have) or 'none'}"
+            + ("; CamVid cannot be downloaded automatically" if download else "")
+        )
+    if not ann_dir.is_dir():
+        raise DataError(f"{ann_dir}: CamVid label folder for split {split!r} not found")
+    try:
+        images = sorted(p for p in img_dir.iterdir() if p.suffix.lower() in IMAGE_EXTENSIONS)
+    except OSError as exc:
+        raise DataError(f"{img_dir}: cannot list folder ({exc})") from exc
+    if not images:
+        raise DataError(f"{img_dir}: CamVid split folder has no images")
+    files = []
+    for img in images:
+        mask = ann_dir / f"{img.stem}.png"
+        if not mask.is_file():
+            raise DataError(f"{mask}: label for {img} not found")
+        files.append((img, mask))
+    return SegmentationDataset(
+        files, camvid_meta(), transform, source=str(img_dir), label_map={CAMVID_VOID: 255},
+        cache=cache, cache_dir=cache_dir,
+    )
