@@ -1,0 +1,96 @@
+"""Whole-image evaluation: one confusion matrix over every pixel of a split.
+
+Used by ``fcnseg evaluate`` and by the training loop for per-epoch validation. Under
+``torch.distributed`` each rank takes the indices ``rank::world_size`` (no
+DistributedSampler, which pads the last batch by repeating images and would count their
+pixels twice) and the matrices are summed at the end, so every rank returns the same result.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+from torch.utils.data import DataLoader, Dataset, Subset
+
+from ..inference import predict_logits
+from ..metrics import ConfusionMatrix
+
+
+def _as_list(batch: list) -> list:
+    """Collate to a plain list: whole images of different sizes cannot be stacked."""
+    return batch
+
+
+def _rank_and_world() -> tuple[int, int]:
+    import torch.distributed as dist
+
+    if dist.is_available() and dist.is_initialized():
+        return dist.get_rank(), dist.get_world_size()
+    return 0, 1
+
+
+def evaluate(model: torch.nn.Module, dataset: Dataset, device: torch.device | str,
+             dtype: torch.dtype = torch.float32, mode: str = "pad", batch_size: int = 1,
+             progress: bool = True, save_predictions: str | Path | None = None,
+             max_images: int = 4, limit: int | None = None, num_workers: int = 0,
+             **inference_options: Any) -> ConfusionMatrix:
+    """Evaluate ``model`` on the whole, eval-transformed images of ``dataset``.
+
+    ``dataset[i]`` is ``(normalised 3 x H x W image, int64 H x W mask)`` and
+    ``dataset.meta`` gives the classes. ``batch_size`` images are predicted together (equal
+    sizes in one forward). ``inference_options`` go to :func:`predict_logits` (``tile``,
+    ``stride``, ``tile_batch``, ``flip``, ``scales``). ``limit`` evaluates the first
+    ``limit`` images only. With ``save_predictions=DIR`` the first ``max_images`` images of
+    rank 0 are written as ``DIR/NNNN_<stem>.png`` strips: image | truth | prediction.
+    """
+    meta = dataset.meta  # type: ignore[attr-defined]
+    device = torch.device(device)
+    cm = ConfusionMatrix(meta.num_classes, meta.ignore_index)
+    rank, world = _rank_and_world()
+    indices = list(range(len(dataset)))  # type: ignore[arg-type]
+    if limit is not None:
+        indices = indices[:limit]
+    indices = indices[rank::world]
+    loader = DataLoader(Subset(dataset, indices), batch_size=batch_size, shuffle=False,
+                        num_workers=num_workers, collate_fn=_as_list)
+    saved = 0
+    save_dir = None
+    if save_predictions is not None and rank == 0:
+        from ..viz import ensure_writable_dir
+
+        save_dir = ensure_writable_dir(save_predictions)  # fail before the work, not after
+    batches: Any = loader
+    if progress and rank == 0:
+        from tqdm.auto import tqdm
+
+        batches = tqdm(loader, desc="evaluate", unit="batch", leave=False)
+    position = 0
+    for batch in batches:
+        images = [img for img, _ in batch]
+        probs = predict_logits(model, images, mode=mode, dtype=dtype, **inference_options)
+        for (image, target), p in zip(batch, probs, strict=True):
+            pred = p.argmax(0)
+            cm.update(pred, target.to(pred.device))
+            if save_dir is not None and saved < max_images:
+                _save_strip(save_dir, dataset, indices[position], image, target, pred, meta)
+                saved += 1
+            position += 1
+    cm.all_reduce()
+    return cm
+
+
+def _save_strip(folder: Path, dataset: Any, index: int, image: torch.Tensor,
+                target: torch.Tensor, pred: torch.Tensor, meta: Any) -> None:
+    """Image, ground truth and prediction side by side (pytorch-fcn's validation pictures)."""
+    from ..viz import colorize, denormalize, save_image
+
+    files = getattr(dataset, "files", None)
+    stem = Path(files[index][0]).stem if files else "image"
+    picture = denormalize(image, meta.mean, meta.std)
+    gap = np.full((picture.shape[0], 4, 3), 255, dtype=np.uint8)
+    strip = np.concatenate([picture, gap, colorize(target, meta.palette, meta.ignore_index),
+                            gap, colorize(pred, meta.palette, meta.ignore_index)], axis=1)
+    save_image(strip, folder / f"{index:04d}_{stem}.png")

@@ -1,0 +1,277 @@
+"""Pictures: colour masks, overlays, palette PNGs, legends, the chapter's figures.
+
+Figures are drawn on ``matplotlib.figure.Figure`` objects with the Agg canvas, never
+through ``pyplot``: importing fcnseg must not pick or switch a GUI backend, and figures
+made in a long training run are freed as soon as they are saved (pyplot keeps them).
+Every file is written atomically (temporary file in the same folder, then ``os.replace``)
+so an interrupted run never leaves a half-written PNG behind.
+"""
+
+from __future__ import annotations
+
+import math
+import os
+import tempfile
+from collections.abc import Callable, Sequence
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+from PIL import Image
+
+from .errors import FcnsegError
+
+IGNORE_COLOR = (224, 224, 192)  # VOC's colour for the 255 "void / boundary" label
+Palette = Sequence[Sequence[int]]
+
+
+def ensure_writable_dir(folder: str | Path) -> Path:
+    """Create ``folder`` if needed and check that files can be written in it."""
+    folder = Path(folder)
+    try:
+        folder.mkdir(parents=True, exist_ok=True)
+        fd, tmp = tempfile.mkstemp(prefix=".fcnseg-write-test.", dir=folder)
+        os.close(fd)
+        os.unlink(tmp)
+    except OSError as exc:
+        raise FcnsegError(f"cannot write to output folder {folder} ({exc.strerror or exc}): "
+                          "choose a writable folder") from exc
+    return folder
+
+
+def atomic_write(path: str | Path, write: Callable[[Any], None]) -> Path:
+    """Call ``write(binary_file)`` on a temporary file next to ``path``, then rename it."""
+    path = Path(path)
+    folder = ensure_writable_dir(path.parent)
+    fd, tmp = tempfile.mkstemp(prefix=f".{path.stem}.", suffix=path.suffix + ".tmp", dir=folder)
+    try:
+        with os.fdopen(fd, "wb") as f:
+            write(f)
+        os.replace(tmp, path)
+    except BaseException as exc:
+        try:
+            os.unlink(tmp)
+        except OSError:
+            pass
+        if isinstance(exc, OSError):
+            raise FcnsegError(f"cannot write {path} ({exc.strerror or exc}): "
+                              "free disk space or choose another output folder") from exc
+        raise
+    return path
+
+
+def _np(a: Any) -> np.ndarray:
+    if isinstance(a, torch.Tensor):
+        return a.detach().cpu().numpy()
+    return np.asarray(a)
+
+
+def _lut(palette: Palette, ignore_index: int, ignore_color: Sequence[int]) -> np.ndarray:
+    lut = np.zeros((256, 3), dtype=np.uint8)
+    pal = np.asarray(palette, dtype=np.uint8).reshape(-1, 3)[:256]
+    lut[: len(pal)] = pal
+    if 0 <= ignore_index < 256 and ignore_index >= len(pal):
+        lut[ignore_index] = ignore_color
+    return lut
+
+
+def colorize(mask: Any, palette: Palette, ignore_index: int = 255,
+             ignore_color: Sequence[int] = IGNORE_COLOR) -> np.ndarray:
+    """Colour an ``H x W`` label mask: class ``i`` gets ``palette[i]`` -> uint8 ``H x W x 3``."""
+    m = _np(mask).astype(np.int64)
+    n = len(palette)
+    bad = (m < 0) | ((m >= n) & (m != ignore_index))
+    if bad.any():
+        raise ValueError(f"label {int(m[bad][0])} has no colour: palette has {n} classes "
+                         f"and ignore index {ignore_index}")
+    if not 0 <= ignore_index < 256:
+        return np.asarray(palette, dtype=np.uint8).reshape(-1, 3)[m]
+    return _lut(palette, ignore_index, ignore_color)[m]
+
+
+def overlay(image: Any, mask: Any, palette: Palette, alpha: float = 0.5,
+            ignore_index: int = 255) -> np.ndarray:
+    """Blend the colour mask over a uint8 ``H x W x 3`` image; ignored pixels stay as they are."""
+    img = _np(image)
+    m = _np(mask)
+    if img.shape[:2] != m.shape:
+        raise ValueError(f"image {img.shape[:2]} and mask {m.shape} sizes differ")
+    colour = colorize(m, palette, ignore_index).astype(np.float32)
+    out = img.astype(np.float32) * (1 - alpha) + colour * alpha
+    out[m == ignore_index] = img[m == ignore_index]
+    return np.clip(np.rint(out), 0, 255).astype(np.uint8)
+
+
+def denormalize(image: torch.Tensor, mean: Sequence[float], std: Sequence[float]) -> np.ndarray:
+    """Undo the normalisation of a ``3 x H x W`` tensor -> uint8 ``H x W x 3`` for display."""
+    t = image.detach().float().cpu()
+    t = t * torch.tensor(std).view(3, 1, 1) + torch.tensor(mean).view(3, 1, 1)
+    return (t.clamp(0, 1) * 255).round().byte().permute(1, 2, 0).numpy()
+
+
+def png_palette(palette: Palette) -> list[int]:
+    """A flat 768-entry palette: the class colours, then VOC's colour map for the rest.
+
+    So index 255 (ignore) is VOC's (224, 224, 192) and a VOC model's PNGs match the
+    devkit's SegmentationClass files colour for colour.
+    """
+    from .data.meta import voc_colormap
+
+    colours = [tuple(c) for c in palette][:256] + voc_colormap(256)[len(palette):]
+    return [int(v) for c in colours for v in c]
+
+
+def save_palette_png(mask: Any, palette: Palette, path: str | Path) -> Path:
+    """Write a mode "P" PNG whose pixel values are the class indices (VOC-compatible)."""
+    m = _np(mask)
+    if m.ndim != 2:
+        raise ValueError(f"mask must be H x W, got shape {m.shape}")
+    if m.size and (m.min() < 0 or m.max() > 255):
+        raise ValueError("a palette PNG holds labels in [0, 255] only")
+    u8 = np.ascontiguousarray(m, dtype=np.uint8)
+    img = Image.frombytes("P", (u8.shape[1], u8.shape[0]), u8.tobytes())
+    img.putpalette(png_palette(palette))
+    return atomic_write(path, lambda f: img.save(f, format="PNG"))
+
+
+def save_image(image: np.ndarray, path: str | Path) -> Path:
+    """Write a uint8 ``H x W x 3`` array as an image (format from the suffix), atomically."""
+    img = Image.fromarray(np.ascontiguousarray(image))
+    fmt = Image.registered_extensions().get(Path(path).suffix.lower(), "PNG")
+    return atomic_write(path, lambda f: img.save(f, format=fmt))
+
+
+def _new_figure(width: float, height: float):
+    from matplotlib.backends.backend_agg import FigureCanvasAgg
+    from matplotlib.figure import Figure
+
+    fig = Figure(figsize=(width, height))
+    FigureCanvasAgg(fig)  # the Agg canvas, set on this figure only (no global backend)
+    return fig
+
+
+def save_figure(fig: Any, path: str | Path, dpi: int = 100) -> Path:
+    """Save a matplotlib figure atomically (format from the suffix)."""
+    fmt = Path(path).suffix.lstrip(".").lower() or "png"
+    return atomic_write(path, lambda f: fig.savefig(f, format=fmt, dpi=dpi,
+                                                    bbox_inches="tight"))
+
+
+def legend_handles(class_names: Sequence[str], palette: Palette) -> list:
+    """Matplotlib patches, one per class, for ``ax.legend(handles=...)``."""
+    from matplotlib.patches import Patch
+
+    return [Patch(facecolor=np.asarray(c) / 255.0, edgecolor="black", label=name)
+            for name, c in zip(class_names, palette, strict=False)]
+
+
+def legend_figure(class_names: Sequence[str], palette: Palette,
+                  path: str | Path | None = None, ncol: int = 4):
+    """A figure holding only the legend of class colours; saved when ``path`` is given."""
+    rows = math.ceil(len(class_names) / ncol)
+    fig = _new_figure(2.2 * ncol, 0.35 * rows + 0.3)
+    fig.legend(handles=legend_handles(class_names, palette), loc="center", ncol=ncol,
+               frameon=False)
+    if path is not None:
+        save_figure(fig, path)
+    return fig
+
+
+def prediction_grid(images: Sequence[Any], preds: Sequence[Any],
+                    truths: Sequence[Any] | None = None, *, meta: Any,
+                    path: str | Path | None = None, scale: float = 2.0):
+    """The chapter's figure: a column per image; rows image, prediction, ground truth.
+
+    ``images`` are uint8 ``H x W x 3`` arrays, ``preds``/``truths`` label masks, ``meta`` a
+    :class:`~fcnseg.data.DatasetMeta` (palette, names, ignore index). A legend is added.
+    """
+    n = len(images)
+    if n == 0 or len(preds) != n or (truths is not None and len(truths) != n):
+        raise ValueError("prediction_grid needs as many predictions (and truths) as images")
+    rows = [("image", list(images)), ("prediction", list(preds))]
+    if truths is not None:
+        rows.append(("ground truth", list(truths)))
+    fig = _new_figure(max(scale * n * 1.4, 6.0), scale * len(rows))
+    axes = fig.subplots(len(rows), n, squeeze=False)
+    for r, (label, items) in enumerate(rows):
+        for c, item in enumerate(items):
+            ax = axes[r][c]
+            shown = item if r == 0 else colorize(item, meta.palette, meta.ignore_index)
+            ax.imshow(_np(shown))
+            ax.set_xticks([])
+            ax.set_yticks([])
+            if c == 0:
+                ax.set_ylabel(label)
+    # Below the axes; bbox_inches="tight" when saving grows the picture to include it.
+    fig.legend(handles=legend_handles(meta.class_names, meta.palette), loc="upper center",
+               ncol=min(6, meta.num_classes), frameon=False, fontsize="small",
+               bbox_to_anchor=(0.5, 0.02))
+    if path is not None:
+        save_figure(fig, path)
+    return fig
+
+
+def plot_training_curves(history: Sequence[dict], path: str | Path):
+    """Loss and validation pixel accuracy / mIoU by epoch, like the chapter's plots.
+
+    ``history`` rows have ``epoch``, ``train_loss`` and, when validation ran,
+    ``val_pixel_accuracy`` and ``val_miou`` (``train_pixel_accuracy`` is plotted if present).
+    """
+    if not history:
+        raise ValueError("no history to plot")
+    fig = _new_figure(10, 3.5)
+    ax_loss, ax_acc = fig.subplots(1, 2)
+
+    def series(key: str) -> tuple[list, list]:
+        rows = [r for r in history if r.get(key) is not None and not _isnan(r[key])]
+        return [r["epoch"] for r in rows], [r[key] for r in rows]
+
+    ax_loss.plot(*series("train_loss"), marker="o", label="train loss")
+    ax_loss.set_xlabel("epoch")
+    ax_loss.set_ylabel("loss")
+    ax_loss.legend()
+    for key, label in (("train_pixel_accuracy", "train pixel acc"),
+                       ("val_pixel_accuracy", "val pixel acc"), ("val_miou", "val mIoU")):
+        x, y = series(key)
+        if x:
+            ax_acc.plot(x, y, marker="o", label=label)
+    ax_acc.set_xlabel("epoch")
+    ax_acc.set_ylim(0, 1)
+    if ax_acc.lines:
+        ax_acc.legend()
+    ax_loss.grid(alpha=0.3)
+    ax_acc.grid(alpha=0.3)
+    save_figure(fig, path)
+    return fig
+
+
+def _isnan(v: Any) -> bool:
+    return isinstance(v, float) and math.isnan(v)
+
+
+def confusion_matrix_figure(mat: Any, class_names: Sequence[str], path: str | Path | None = None):
+    """A row-normalised confusion matrix (rows = truth: each row shows a class's recall)."""
+    m = _np(mat).astype(np.float64)
+    n = len(class_names)
+    if m.shape != (n, n):
+        raise ValueError(f"matrix of shape {m.shape} for {n} class names")
+    norm = m / np.maximum(m.sum(1, keepdims=True), 1)
+    size = max(4.0, 0.45 * n + 2)
+    fig = _new_figure(size + 1, size)
+    ax = fig.subplots()
+    im = ax.imshow(norm, cmap="Blues", vmin=0, vmax=1)
+    fig.colorbar(im, ax=ax, fraction=0.046, pad=0.04)
+    ax.set_xticks(range(n), class_names, rotation=90)
+    ax.set_yticks(range(n), class_names)
+    ax.set_xlabel("predicted")
+    ax.set_ylabel("ground truth")
+    if n <= 25:  # numbers stay readable up to about VOC's 21 classes
+        for i in range(n):
+            for j in range(n):
+                if m[i, j]:
+                    ax.text(j, i, f"{norm[i, j]:.2f}", ha="center", va="center", fontsize=6,
+                            color="white" if norm[i, j] > 0.5 else "black")
+    if path is not None:
+        save_figure(fig, path)
+    return fig
