@@ -1,4 +1,4 @@
-"""fcnseg: semantic segmentation with Fully Convolutional Networks (Long, Shelhamer & Darrell, 2015)."""
+"""fcnseg: semantic segmentation with Fully Convolutional Networks (Long et al., 2015)."""
 
 from __future__ import annotations
 

@@ -58,7 +58,8 @@ def resolve_precision(device: torch.device, precision: str = "auto") -> tuple[to
         return torch.bfloat16, "bf16 autocast (asked for)"
     if precision == "fp16":
         if device.type != "cuda":
-            raise FcnsegError("fp16 autocast needs a CUDA device: use --precision bf16 or fp32 on a CPU")
+            raise FcnsegError(
+                "fp16 autocast needs a CUDA device: use --precision bf16 or fp32 on a CPU")
         return torch.float16, "fp16 autocast with gradient scaling (asked for)"
     if device.type == "cuda":
         if torch.cuda.is_bf16_supported():

@@ -85,7 +85,8 @@ def _imagenet_state_dict(name: str) -> dict[str, Tensor]:
         reason = lines[0] if lines else type(exc).__name__
         raise WeightsError(
             f"cannot get ImageNet weights for {name} ({reason}): download {url} and save it "
-            f"as {cached}, or pass --backbone-weights PATH to a torchvision {name} state dict"
+            f"as {cached}, or pass --backbone-weights PATH to a torchvision {name} state dict, "
+            "or train from scratch with --no-pretrained"
         ) from exc
 
 

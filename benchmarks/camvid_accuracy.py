@@ -1,0 +1,151 @@
+"""CamVid accuracy under a fixed wall-clock budget: the D2L chapter's recipe against fcnseg's.
+
+Both recipes train from scratch (no ImageNet weights can be fetched here) on the SegNet
+train split of ``../shared/data/camvid`` and are evaluated with ``fcnseg evaluate`` on whole
+val images. Each recipe gets the same budget: the script times a few training steps of the
+recipe in-process, then sets the number of epochs that fits the budget (the lr schedule
+spans exactly those epochs), runs ``fcnseg train`` and ``fcnseg evaluate`` as a user would.
+
+    python benchmarks/camvid_accuracy.py --budget-minutes 60 --json benchmarks/out/camvid.json
+
+``--parallel`` trains the recipes at the same time, one core each (``--threads 1``), so that
+two budgets fit in one wall-clock budget on this 2-core machine; the budget is then per core.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[1]
+CAMVID = ROOT.parent / "shared" / "data" / "camvid"
+
+# Flags on top of each recipe. The chapter's recipe gets only what from-scratch CamVid
+# training forces: no ImageNet weights; the budget sets its epochs (the book uses 5).
+RECIPES: dict[str, list[str]] = {
+    "d2l": ["--recipe", "d2l", "--no-pretrained"],
+    "fcnseg": ["--recipe", "fcnseg", "--no-pretrained"],
+}
+
+
+def seconds_per_step(recipe: str, threads: int, steps: int = 4) -> tuple[float, int, int]:
+    """(seconds per optimizer step, batch size, training images) of a recipe, timed here."""
+    import torch
+    import torch.nn.functional as F
+
+    from fcnseg import build_model
+    from fcnseg.data import build_dataset
+    from fcnseg.device import autocast, resolve_precision
+    from fcnseg.engine.config import resolve_config
+
+    torch.set_num_threads(threads)
+    config = resolve_config({"dataset": "camvid", "data_dir": str(CAMVID), "pretrained": False,
+                             "out": "/tmp/unused"}, recipe=RECIPES[recipe][1])
+    train = build_dataset("camvid", CAMVID, "train")
+    model = build_model(config.model, train.meta.num_classes, config.backbone,
+                        upsample_init=config.upsample_init)
+    fmt = torch.channels_last if config.channels_last else torch.contiguous_format
+    model = model.to(memory_format=fmt).train()
+    dtype, _ = resolve_precision(torch.device("cpu"), config.precision)
+    x = torch.randn(config.batch_size, 3, *config.crop).contiguous(memory_format=fmt)
+    y = torch.randint(0, train.meta.num_classes, (config.batch_size, *config.crop))
+    opt = torch.optim.SGD(model.parameters(), lr=1e-4)
+    times = []
+    for _ in range(steps + 1):
+        start = time.perf_counter()
+        with autocast(torch.device("cpu"), dtype):
+            logits = model(x)["out"]
+        loss = F.cross_entropy(logits.float(), y, ignore_index=255)
+        opt.zero_grad()
+        loss.backward()
+        opt.step()
+        times.append(time.perf_counter() - start)
+    return sorted(times[1:])[len(times[1:]) // 2], config.batch_size, len(train)
+
+
+def plan_epochs(recipe: str, budget_s: float, threads: int) -> dict:
+    per_step, batch, images = seconds_per_step(recipe, threads)
+    steps_per_epoch = images // batch
+    # ~6 % of the budget for validation passes, data loading and start-up.
+    epochs = max(1, int(0.94 * budget_s / (per_step * steps_per_epoch)))
+    return {"seconds_per_step": per_step, "batch": batch, "steps_per_epoch": steps_per_epoch,
+            "epochs": epochs}
+
+
+def start_training(recipe: str, plan: dict, out: Path, threads: int) -> subprocess.Popen:
+    val_every = max(1, plan["epochs"] // 5)
+    cmd = [sys.executable, "-m", "fcnseg", "train", *RECIPES[recipe], "--dataset", "camvid",
+           "--data-dir", str(CAMVID), "--epochs", str(plan["epochs"]),
+           "--val-every", str(val_every), "--out", str(out / recipe)]
+    env = {**os.environ, "OMP_NUM_THREADS": str(threads)}
+    log = open(out / f"{recipe}.train.log", "w")  # noqa: SIM115 - closed with the process
+    print("$", " ".join(cmd[1:]), flush=True)
+    return subprocess.Popen(cmd, stdout=log, stderr=subprocess.STDOUT, env=env)
+
+
+def evaluate(recipe: str, out: Path) -> dict:
+    result = out / f"{recipe}.metrics.json"
+    cmd = [sys.executable, "-m", "fcnseg", "evaluate", "--checkpoint",
+           str(out / recipe / "last.pt"), "--dataset", "camvid", "--data-dir", str(CAMVID),
+           "--split", "val", "--json", str(result), "--no-progress"]
+    print("$", " ".join(cmd[1:]), flush=True)
+    subprocess.run(cmd, check=True)
+    return json.loads(result.read_text())
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--budget-minutes", type=float, default=60.0)
+    parser.add_argument("--recipes", nargs="+", default=list(RECIPES), choices=list(RECIPES))
+    parser.add_argument("--parallel", action="store_true",
+                        help="train the recipes at once, --threads each")
+    parser.add_argument("--threads", type=int, default=None,
+                        help="torch threads per run (default: all cores, 1 with --parallel)")
+    parser.add_argument("--out", type=Path, default=ROOT / "benchmarks" / "out" / "camvid")
+    parser.add_argument("--json", type=Path, default=ROOT / "benchmarks" / "out" / "camvid.json")
+    args = parser.parse_args()
+    if not CAMVID.is_dir():
+        sys.exit(f"CamVid not found at {CAMVID}: this benchmark reads the shared copy")
+    threads = args.threads or (1 if args.parallel else os.cpu_count() or 1)
+    args.out.mkdir(parents=True, exist_ok=True)
+    budget = args.budget_minutes * 60
+
+    plans = {r: plan_epochs(r, budget, threads) for r in args.recipes}
+    for recipe, plan in plans.items():
+        print(f"{recipe}: {plan['seconds_per_step']:.2f} s/step x {plan['steps_per_epoch']} "
+              f"steps/epoch -> {plan['epochs']} epochs in {args.budget_minutes:.0f} min")
+    results = {}
+    groups = [list(args.recipes)] if args.parallel else [[r] for r in args.recipes]
+    for group in groups:
+        start = time.perf_counter()
+        procs = {r: start_training(r, plans[r], args.out, threads) for r in group}
+        for recipe, proc in procs.items():
+            if proc.wait() != 0:
+                sys.exit(f"training {recipe} failed: see {args.out / (recipe + '.train.log')}")
+            plans[recipe]["train_seconds"] = time.perf_counter() - start
+    for recipe in args.recipes:
+        results[recipe] = {**plans[recipe], **evaluate(recipe, args.out)}
+
+    print(f"\n{'recipe':<8} {'epochs':>6} {'train min':>9} {'pix acc':>8} {'mIoU':>6}")
+    for recipe, r in results.items():
+        print(f"{recipe:<8} {r['epochs']:>6} {r['train_seconds'] / 60:9.1f} "
+              f"{r['pixel_accuracy']:8.4f} {r['miou']:6.4f}")
+    names = list(next(iter(results.values()))["per_class_iou"])
+    print("per-class IoU: " + ", ".join(
+        f"{n} " + "/".join(f"{(results[r]['per_class_iou'][n] or 0):.2f}" for r in results)
+        for n in names))
+    report = {"command": " ".join([Path(sys.executable).name, *sys.argv]),
+              "budget_minutes": args.budget_minutes, "threads_per_run": threads,
+              "parallel": args.parallel, "cores": os.cpu_count(), "results": results}
+    args.json.parent.mkdir(parents=True, exist_ok=True)
+    args.json.write_text(json.dumps(report, indent=2))
+    print(f"wrote {args.json}")
+
+
+if __name__ == "__main__":
+    main()

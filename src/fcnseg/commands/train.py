@@ -1,0 +1,113 @@
+"""``fcnseg train``: train an FCN; also the entry point of ``torchrun -m fcnseg train``.
+
+Every option defaults to "not given" (None) so that only the flags a user types override
+the recipe and the ``--config`` file (see fcnseg.engine.config for the precedence).
+"""
+
+from __future__ import annotations
+
+import argparse
+from pathlib import Path
+from typing import Any
+
+_BOOL = argparse.BooleanOptionalAction
+
+
+def add_parser(subparsers: Any, help_text: str) -> None:
+    p = subparsers.add_parser("train", help=help_text, description=help_text)
+    d = p.add_argument_group("data")
+    d.add_argument("--dataset", help="voc, camvid, folder or shapes (synthetic, offline)")
+    d.add_argument("--data-dir", help="data set root folder")
+    d.add_argument("--split", help="training split (default train)")
+    d.add_argument("--val-split", help="validation split (default val)")
+    d.add_argument("--data-option", action="append", metavar="KEY=VALUE", dest="data_option",
+                   help="extra data set option, e.g. size=64 (repeatable)")
+    d.add_argument("--limit-train", type=int, help="use only the first N training images")
+    d.add_argument("--limit-val", type=int, help="use only the first N validation images")
+    m = p.add_argument_group("model")
+    m.add_argument("--model", help="fcn32s, fcn16s or fcn8s")
+    m.add_argument("--backbone", help="backbone name, e.g. resnet18")
+    m.add_argument("--pretrained", action=_BOOL, help="ImageNet backbone weights")
+    m.add_argument("--backbone-weights", metavar="PATH", help="backbone weights file")
+    m.add_argument("--upsample-init", help="bilinear or xavier")
+    o = p.add_argument_group("optimisation")
+    o.add_argument("--recipe", help="d2l (the chapter's settings) or fcnseg (default)")
+    o.add_argument("--config", metavar="FILE.toml", help="TOML file with any of these settings")
+    o.add_argument("--epochs", type=int)
+    o.add_argument("--batch-size", type=int,
+                   help="global batch: each of N DDP processes gets batch-size / N")
+    o.add_argument("--lr", type=float)
+    o.add_argument("--weight-decay", type=float)
+    o.add_argument("--momentum", type=float)
+    o.add_argument("--optimizer", help="sgd or adamw")
+    o.add_argument("--schedule", help="poly, cosine or constant")
+    o.add_argument("--warmup-iters", type=int, help="linear lr warm-up iterations")
+    o.add_argument("--class-weights", help="none or median-frequency")
+    o.add_argument("--max-steps", type=int, help="stop after N optimizer steps (0: no limit)")
+    a = p.add_argument_group("augmentation")
+    a.add_argument("--crop", type=int, nargs=2, metavar=("H", "W"))
+    a.add_argument("--scale", type=float, nargs=2, metavar=("MIN", "MAX"))
+    a.add_argument("--flip", action=_BOOL)
+    a.add_argument("--color-jitter", type=float)
+    r = p.add_argument_group("runtime")
+    r.add_argument("--device", help="auto, cpu, cuda or cuda:N")
+    r.add_argument("--precision", help="auto, fp32, bf16 or fp16")
+    r.add_argument("--channels-last", action=_BOOL)
+    r.add_argument("--workers", type=int, help="data loader worker processes")
+    r.add_argument("--sync-bn", action=_BOOL, help="SyncBatchNorm under DDP")
+    r.add_argument("--seed", type=int)
+    r.add_argument("--out", metavar="RUN_DIR", help="run folder (checkpoints, logs)")
+    r.add_argument("--resume", nargs="?", const="last", metavar="CHECKPOINT",
+                   help="continue a run: bare = RUN_DIR/last.pt, or a checkpoint path")
+    r.add_argument("--log-every", type=int, help="progress refresh, iterations")
+    r.add_argument("--checkpoint-every", type=int, help="also save last.pt every N iterations")
+    r.add_argument("--val-every", type=int, help="validate every N epochs (0: never)")
+    p.set_defaults(func=run)
+
+
+def _overrides(args: argparse.Namespace) -> dict[str, Any]:
+    """The flags the user gave, as TrainConfig fields."""
+    from ..errors import FcnsegError
+
+    skip = {"func", "command", "config", "resume", "data_option"}
+    values = {k: v for k, v in vars(args).items() if k not in skip and v is not None}
+    if args.data_option:
+        options = {}
+        for item in args.data_option:
+            key, sep, raw = item.partition("=")
+            if not sep or not key:
+                raise FcnsegError(f"--data-option {item!r} must look like KEY=VALUE")
+            options[key.replace("-", "_")] = _parse_value(raw)
+        values["data_options"] = options
+    return values
+
+
+def _parse_value(raw: str) -> Any:
+    """'64' -> 64, '0.5' -> 0.5, 'true' -> True, anything else stays a string."""
+    for cast in (int, float):
+        try:
+            return cast(raw)
+        except ValueError:
+            pass
+    return {"true": True, "false": False}.get(raw.lower(), raw)
+
+
+def run(args: argparse.Namespace) -> int:
+    from ..engine.checkpoint import load_checkpoint
+    from ..engine.config import TrainConfig, resolve_config
+    from ..engine.train import fit
+
+    overrides = _overrides(args)
+    if args.resume is None:
+        fit(resolve_config(overrides, args.config, recipe=args.recipe))
+        return 0
+    if args.resume == "last":  # bare --resume: RUN_DIR/last.pt
+        path = Path(overrides.get("out") or TrainConfig().out) / "last.pt"
+    else:
+        path = Path(args.resume)
+        overrides.setdefault("out", str(path.parent))
+    # The saved config is the base (same seed, data, schedule); typed flags still override,
+    # e.g. --epochs to extend a finished run.
+    saved = load_checkpoint(path)["config"]
+    fit(resolve_config(overrides, args.config, base=saved), resume=path)
+    return 0

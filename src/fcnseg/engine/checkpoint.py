@@ -1,0 +1,198 @@
+"""Checkpoints a user can trust: atomic writes, ``weights_only`` loads, one file per run state.
+
+A checkpoint is a dict of plain Python types and tensors only (see docs/DESIGN.md), so that
+``torch.load(..., weights_only=True)`` can read it without executing pickled code: the
+config is a dict, RNG states are tensors / lists, the data set's meta is a dict.
+"""
+
+from __future__ import annotations
+
+import os
+import random
+import tempfile
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+
+from ..errors import CheckpointError
+
+# Keys every fcnseg checkpoint has; used to tell our files from any other ``.pt`` file.
+REQUIRED_KEYS = ("model", "model_args", "meta", "fcnseg_version")
+
+
+def save_checkpoint(path: str | Path, state: dict[str, Any]) -> Path:
+    """Write ``state`` to ``path`` atomically and return the path.
+
+    The bytes go to a temporary file in the *same* folder (so the final ``os.replace`` is a
+    rename on one file system, atomic on POSIX and Windows), are flushed and fsynced, and
+    only then replace ``path``. A crash or SIGKILL at any moment leaves either the old or
+    the new checkpoint, never a truncated one.
+    """
+    path = Path(path)
+    folder = path.parent
+    try:
+        folder.mkdir(parents=True, exist_ok=True)
+        fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=folder)
+    except OSError as exc:
+        raise CheckpointError(
+            f"cannot write checkpoints in {folder}: {exc.strerror or exc}; "
+            "choose a writable run folder with --out"
+        ) from exc
+    try:
+        with os.fdopen(fd, "wb") as f:
+            torch.save(state, f)
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(tmp, path)
+    except BaseException as exc:
+        # Never leave half-written temporaries behind (KeyboardInterrupt included).
+        try:
+            os.unlink(tmp)
+        except OSError:
+            pass
+        if isinstance(exc, OSError):
+            raise CheckpointError(
+                f"cannot write checkpoint {path}: {exc.strerror or exc}; "
+                "free disk space or choose another run folder with --out"
+            ) from exc
+        raise
+    _fsync_dir(folder)
+    return path
+
+
+def _fsync_dir(folder: Path) -> None:
+    """Persist the rename itself (the directory entry); best effort, not on Windows."""
+    if os.name != "posix":
+        return
+    try:
+        dfd = os.open(folder, os.O_RDONLY)
+    except OSError:
+        return
+    try:
+        os.fsync(dfd)
+    except OSError:
+        pass
+    finally:
+        os.close(dfd)
+
+
+def load_checkpoint(path: str | Path) -> dict[str, Any]:
+    """Load an fcnseg checkpoint on the CPU with ``weights_only=True``.
+
+    Raises :class:`CheckpointError` naming the file when it is missing, corrupt or not an
+    fcnseg checkpoint.
+    """
+    path = Path(path)
+    if not path.is_file():
+        raise CheckpointError(
+            f"checkpoint {path} does not exist: check the path (e.g. RUN_DIR/best.pt)"
+        )
+    try:
+        checkpoint = torch.load(path, map_location="cpu", weights_only=True)
+    except Exception as exc:  # pickle, zip and torch errors all mean "unreadable"
+        first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+        raise CheckpointError(
+            f"checkpoint {path} is corrupt or not a PyTorch file ({first[:120]}); "
+            "use another checkpoint, e.g. RUN_DIR/best.pt or RUN_DIR/last.pt"
+        ) from exc
+    if not isinstance(checkpoint, dict) or any(k not in checkpoint for k in REQUIRED_KEYS):
+        raise CheckpointError(
+            f"{path} is not an fcnseg checkpoint (no {', '.join(REQUIRED_KEYS)} entries); "
+            "use a last.pt or best.pt written by `fcnseg train`"
+        )
+    return checkpoint
+
+
+def check_compatible(checkpoint: dict[str, Any], model_args: dict[str, Any], path: Any) -> None:
+    """Raise :class:`CheckpointError` when ``checkpoint`` was trained for another model.
+
+    Compares the settings that change the weights' shapes or meaning: model name, backbone
+    and number of classes.
+    """
+    saved = checkpoint.get("model_args", {})
+    diffs = [
+        f"{key} {saved.get(key)!r} in the checkpoint vs {model_args.get(key)!r} asked for"
+        for key in ("name", "backbone", "num_classes")
+        if saved.get(key) != model_args.get(key)
+    ]
+    if diffs:
+        raise CheckpointError(
+            f"checkpoint {path} does not fit: {'; '.join(diffs)}; "
+            "use the same --model/--backbone/--dataset or start a new run folder"
+        )
+
+
+def model_from_checkpoint(
+    path: str | Path, device: str | torch.device = "cpu"
+) -> tuple[torch.nn.Module, Any, dict[str, Any]]:
+    """Rebuild the model saved in ``path``: returns ``(model in eval mode, meta, checkpoint)``.
+
+    The model is built with ``pretrained=False`` and no backbone weights file: every weight
+    comes from the checkpoint, so evaluating or predicting needs this one file only.
+    """
+    from ..data import DatasetMeta
+    from ..models import build_model
+
+    checkpoint = load_checkpoint(path)
+    args = dict(checkpoint["model_args"])
+    args.update(pretrained=False, backbone_weights=None)
+    model = build_model(**args)
+    meta = DatasetMeta.from_dict(checkpoint["meta"])
+    if meta.num_classes != args.get("num_classes"):
+        raise CheckpointError(
+            f"checkpoint {path} is inconsistent: {meta.num_classes} class names but "
+            f"num_classes={args.get('num_classes')}; re-save it with `fcnseg train`"
+        )
+    try:
+        model.load_state_dict(checkpoint["model"])
+    except RuntimeError as exc:
+        lines = str(exc).strip().splitlines()
+        detail = (lines[1] if len(lines) > 1 else lines[0]).strip()[:160]
+        raise CheckpointError(
+            f"checkpoint {path} does not fit model {args.get('name')!r} with "
+            f"{args.get('num_classes')} classes ({detail}); "
+            "it was written by another model or class count"
+        ) from exc
+    model.to(device).eval()
+    return model, meta, checkpoint
+
+
+# --- RNG states: stored as tensors / lists so that weights_only=True can load them ----------
+
+
+def capture_rng_state() -> dict[str, Any]:
+    """The RNG states of python, numpy, torch (CPU) and CUDA, as plain types and tensors."""
+    version, internal, gauss = random.getstate()
+    np_state = np.random.get_state()
+    state: dict[str, Any] = {
+        "python": [version, list(internal), gauss],
+        "numpy": [
+            np_state[0],
+            torch.from_numpy(np.asarray(np_state[1], dtype=np.int64)),
+            int(np_state[2]),
+            int(np_state[3]),
+            float(np_state[4]),
+        ],
+        "torch": torch.get_rng_state(),
+    }
+    if torch.cuda.is_available() and torch.cuda.is_initialized():
+        state["cuda"] = torch.cuda.get_rng_state_all()
+    return state
+
+
+def restore_rng_state(state: dict[str, Any]) -> None:
+    """Inverse of :func:`capture_rng_state` (missing entries are left alone)."""
+    if "python" in state:
+        version, internal, gauss = state["python"]
+        random.setstate((version, tuple(internal), gauss))
+    if "numpy" in state:
+        name, keys, pos, has_gauss, cached = state["numpy"]
+        np.random.set_state((name, keys.numpy().astype(np.uint32), pos, has_gauss, cached))
+    if "torch" in state:
+        torch.set_rng_state(state["torch"])
+    if "cuda" in state and torch.cuda.is_available():
+        cuda_states = state["cuda"]
+        if len(cuda_states) == torch.cuda.device_count():
+            torch.cuda.set_rng_state_all(cuda_states)

@@ -1,0 +1,224 @@
+"""Training configuration: one typed dataclass, recipes, TOML files and validation.
+
+Precedence, lowest first: dataclass defaults < recipe (``RECIPES``) < ``--config`` TOML file
+< command-line flags. The resolved config is saved as ``RUN_DIR/config.toml`` so that
+``fcnseg train --config RUN_DIR/config.toml`` repeats a run.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import sys
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from ..errors import FcnsegError
+
+if sys.version_info >= (3, 11):
+    import tomllib
+else:  # pragma: no cover - Python 3.10
+    import tomli as tomllib
+
+# Valid values of the enumerated options; checked by TrainConfig.validate().
+CHOICES: dict[str, tuple[str, ...]] = {
+    "dataset": ("voc", "camvid", "folder", "shapes"),
+    "model": ("fcn32s", "fcn16s", "fcn8s"),
+    "optimizer": ("sgd", "adamw"),
+    "schedule": ("poly", "cosine", "constant"),
+    "upsample_init": ("bilinear", "xavier"),
+    "class_weights": ("none", "median-frequency"),
+    "precision": ("auto", "fp32", "bf16", "fp16"),
+}
+
+# Recipes: named sets of values applied over the dataclass defaults. Keep every tunable
+# choice here so that changing fcnseg's defaults after a measurement is a one-line edit.
+RECIPES: dict[str, dict[str, Any]] = {
+    # The D2L chapter: ResNet-18 FCN-32s, bilinear-initialised transposed conv, plain SGD
+    # (d2l.train_ch13 uses torch.optim.SGD without momentum), constant lr, random 320x480
+    # crops only, run in fp32 with the default NCHW memory layout.
+    "d2l": {
+        "model": "fcn32s", "backbone": "resnet18", "pretrained": True,
+        "upsample_init": "bilinear", "optimizer": "sgd", "lr": 0.001, "weight_decay": 1e-3,
+        "momentum": 0.0, "batch_size": 32, "epochs": 5, "crop": [320, 480],
+        "scale": [1.0, 1.0], "flip": False, "schedule": "constant", "warmup_iters": 0,
+        "channels_last": False, "precision": "fp32",
+    },
+    # fcnseg's own defaults (to be tuned by measurement): FCN-8s skip fusion, SGD with
+    # momentum, poly decay after a linear warm-up, scale + flip augmentation, channels-last
+    # and bf16 where the CPU is fast at it.
+    "fcnseg": {
+        "model": "fcn8s", "backbone": "resnet18", "pretrained": True,
+        "upsample_init": "bilinear", "optimizer": "sgd", "lr": 0.01, "weight_decay": 1e-4,
+        "momentum": 0.9, "batch_size": 16, "epochs": 20, "crop": [320, 480],
+        "scale": [0.5, 2.0], "flip": True, "schedule": "poly", "warmup_iters": 100,
+        "channels_last": True, "precision": "auto",
+    },
+}
+DEFAULT_RECIPE = "fcnseg"
+
+
+@dataclass
+class TrainConfig:
+    """Every setting of a training run (see ``fcnseg train --help``)."""
+
+    # data
+    dataset: str = "shapes"
+    data_dir: str = "data"
+    split: str = "train"
+    val_split: str = "val"
+    data_options: dict[str, Any] = field(default_factory=dict)  # extra build_dataset kwargs
+    limit_train: int = 0  # use only the first N training images (0: all); for tests
+    limit_val: int = 0
+    # model
+    model: str = "fcn8s"
+    backbone: str = "resnet18"
+    pretrained: bool = False
+    backbone_weights: str | None = None
+    upsample_init: str = "bilinear"
+    # optimisation
+    epochs: int = 20
+    batch_size: int = 16  # global batch: each of N DDP processes gets batch_size / N
+    lr: float = 0.01
+    weight_decay: float = 1e-4
+    momentum: float = 0.9
+    optimizer: str = "sgd"
+    schedule: str = "poly"
+    poly_power: float = 0.9
+    warmup_iters: int = 100
+    class_weights: str = "none"
+    max_steps: int = 0  # stop after this many optimizer steps in total (0: no limit)
+    # augmentation
+    crop: list[int] = field(default_factory=lambda: [320, 480])
+    scale: list[float] = field(default_factory=lambda: [0.5, 2.0])
+    flip: bool = True
+    color_jitter: float = 0.0
+    # speed and runtime
+    device: str = "auto"
+    precision: str = "auto"
+    channels_last: bool = True
+    workers: int = 2
+    sync_bn: bool = False
+    seed: int = 0
+    # output
+    out: str = "runs/train"
+    log_every: int = 10  # progress-bar refresh, iterations
+    checkpoint_every: int = 0  # also write last.pt every N iterations (0: once per epoch)
+    val_every: int = 1  # validate every N epochs (0: never; the last epoch always)
+    recipe: str = DEFAULT_RECIPE
+
+    def to_dict(self) -> dict[str, Any]:
+        """Plain types only (lists, not tuples), safe for ``weights_only`` checkpoints."""
+        return json.loads(json.dumps(dataclasses.asdict(self)))
+
+    @classmethod
+    def from_dict(cls, values: dict[str, Any]) -> TrainConfig:
+        """Build and validate a config; unknown keys raise :class:`FcnsegError`."""
+        return cls().updated(values)
+
+    def updated(self, values: dict[str, Any], source: str = "config") -> TrainConfig:
+        """A copy with ``values`` applied (keys may use dashes), validated."""
+        names = {f.name for f in dataclasses.fields(self)}
+        clean = {}
+        for key, value in values.items():
+            key = key.replace("-", "_")
+            if key not in names:
+                raise FcnsegError(
+                    f"unknown setting {key!r} in {source}: valid settings are "
+                    + ", ".join(sorted(names))
+                )
+            clean[key] = value
+        new = dataclasses.replace(self, **clean)
+        new.validate()
+        return new
+
+    def validate(self) -> None:
+        """Raise :class:`FcnsegError` naming the bad value and the valid ones."""
+        for key, valid in CHOICES.items():
+            if getattr(self, key) not in valid:
+                raise FcnsegError(
+                    f"unknown {key.replace('_', '-')} {getattr(self, key)!r}: "
+                    f"choose one of {', '.join(valid)}"
+                )
+        if self.recipe not in RECIPES:
+            raise FcnsegError(
+                f"unknown recipe {self.recipe!r}: choose one of {', '.join(RECIPES)}"
+            )
+        for key in ("epochs", "batch_size", "workers", "warmup_iters", "max_steps",
+                    "checkpoint_every", "val_every", "limit_train", "limit_val"):
+            low = 1 if key in ("epochs", "batch_size") else 0
+            value = getattr(self, key)
+            if not isinstance(value, int) or value < low:
+                flag = "--" + key.replace("_", "-")
+                raise FcnsegError(f"{flag} must be an integer >= {low}, got {value!r}")
+        if self.log_every < 1:
+            raise FcnsegError(f"--log-every must be >= 1, got {self.log_every}")
+        if not (self.lr > 0):
+            raise FcnsegError(f"--lr must be > 0, got {self.lr}")
+        if self.weight_decay < 0 or not (0 <= self.momentum < 1):
+            raise FcnsegError("--weight-decay must be >= 0 and --momentum in [0, 1)")
+        if len(self.crop) != 2 or min(int(v) for v in self.crop) < 1:
+            raise FcnsegError(f"--crop needs two positive sizes H W, got {self.crop}")
+        self.crop = [int(v) for v in self.crop]
+        if len(self.scale) != 2 or not (0 < float(self.scale[0]) <= float(self.scale[1])):
+            raise FcnsegError(f"--scale needs MIN MAX with 0 < MIN <= MAX, got {self.scale}")
+        self.scale = [float(v) for v in self.scale]
+
+
+def load_toml(path: str | Path) -> dict[str, Any]:
+    """Read a TOML config file; errors name the file."""
+    path = Path(path)
+    try:
+        with open(path, "rb") as f:
+            return tomllib.load(f)
+    except FileNotFoundError as exc:
+        raise FcnsegError(f"config file {path} does not exist: check the --config path") from exc
+    except (tomllib.TOMLDecodeError, UnicodeDecodeError) as exc:
+        raise FcnsegError(f"config file {path} is not valid TOML ({exc}): fix the file") from exc
+
+
+def resolve_config(
+    overrides: dict[str, Any] | None = None,
+    config_file: str | Path | None = None,
+    recipe: str | None = None,
+    base: dict[str, Any] | None = None,
+) -> TrainConfig:
+    """Merge recipe < file < overrides (or ``base`` < overrides when resuming)."""
+    overrides = {k.replace("-", "_"): v for k, v in (overrides or {}).items() if v is not None}
+    file_values = load_toml(config_file) if config_file else {}
+    file_values = {k.replace("-", "_"): v for k, v in file_values.items()}
+    if base is not None:  # resuming: the saved config is the starting point
+        return TrainConfig.from_dict(base).updated(file_values, str(config_file)).updated(
+            overrides, "command line")
+    name = recipe or overrides.get("recipe") or file_values.get("recipe") or DEFAULT_RECIPE
+    if name not in RECIPES:
+        raise FcnsegError(f"unknown recipe {name!r}: choose one of {', '.join(RECIPES)}")
+    config = TrainConfig().updated({**RECIPES[name], "recipe": name}, f"recipe {name}")
+    config = config.updated(file_values, str(config_file))
+    return config.updated(overrides, "command line")
+
+
+def _toml_value(value: Any) -> str:
+    if isinstance(value, bool):
+        return "true" if value else "false"
+    if isinstance(value, (int, float)):
+        return repr(value)
+    if isinstance(value, str):
+        return json.dumps(value)  # a JSON string is a valid TOML basic string
+    if isinstance(value, list):
+        return "[" + ", ".join(_toml_value(v) for v in value) + "]"
+    raise TypeError(f"cannot write {type(value).__name__} to TOML")
+
+
+def to_toml(config: TrainConfig) -> str:
+    """The config as TOML text (``None`` values are left out: TOML has no null)."""
+    values = config.to_dict()
+    tables = {k: v for k, v in values.items() if isinstance(v, dict)}
+    lines = ["# fcnseg train: resolved config (use with --config)"]
+    lines += [f"{k} = {_toml_value(v)}" for k, v in values.items()
+              if v is not None and k not in tables]
+    for name, table in tables.items():
+        lines.append(f"\n[{name}]")
+        lines += [f"{k} = {_toml_value(v)}" for k, v in table.items() if v is not None]
+    return "\n".join(lines) + "\n"

@@ -1,0 +1,127 @@
+"""Distributed data parallel (DDP) helpers, driven by torchrun's environment variables.
+
+``torchrun --nproc-per-node N [--nnodes M ...] -m fcnseg train ...`` sets RANK, WORLD_SIZE,
+LOCAL_RANK (and MASTER_ADDR/PORT); a plain ``fcnseg train`` has none of them and runs as a
+world of one, through the same code path. Only rank 0 prints and writes files.
+"""
+
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass
+
+import torch
+import torch.distributed as dist
+
+from ..device import select_device
+from ..errors import FcnsegError
+
+
+@dataclass
+class DistInfo:
+    """Where this process stands in the (possibly one-process) world."""
+
+    rank: int = 0
+    world_size: int = 1
+    local_rank: int = 0
+    device: torch.device = torch.device("cpu")
+
+    @property
+    def is_main(self) -> bool:
+        return self.rank == 0
+
+    @property
+    def enabled(self) -> bool:
+        return self.world_size > 1
+
+
+def setup_distributed(device_name: str = "auto") -> DistInfo:
+    """Read torchrun's environment, pick this rank's device and join the process group.
+
+    gloo on CPU, nccl on CUDA; each local rank uses ``cuda:LOCAL_RANK``.
+    """
+    world_size = int(os.environ.get("WORLD_SIZE", "1"))
+    rank = int(os.environ.get("RANK", "0"))
+    local_rank = int(os.environ.get("LOCAL_RANK", "0"))
+    device = select_device(device_name)
+    if world_size <= 1:
+        return DistInfo(0, 1, 0, device)
+    if device.type == "cuda":
+        if device.index is None:
+            device = torch.device("cuda", local_rank % max(1, torch.cuda.device_count()))
+        torch.cuda.set_device(device)
+        backend = "nccl"
+    else:
+        backend = "gloo"
+        # Processes of one node share its cores; without this each would start one
+        # thread per core and they would fight (torchrun sets OMP_NUM_THREADS=1 otherwise).
+        local_world = int(os.environ.get("LOCAL_WORLD_SIZE", str(world_size)))
+        if "OMP_NUM_THREADS" not in os.environ:
+            torch.set_num_threads(max(1, (os.cpu_count() or 1) // local_world))
+    if not dist.is_initialized():
+        dist.init_process_group(backend=backend, rank=rank, world_size=world_size)
+    return DistInfo(rank, world_size, local_rank, device)
+
+
+def cleanup_distributed() -> None:
+    """Leave the process group (no-op for a world of one)."""
+    if dist.is_available() and dist.is_initialized():
+        dist.destroy_process_group()
+
+
+def barrier(info: DistInfo) -> None:
+    """Wait for every rank (no-op for a world of one)."""
+    if info.enabled:
+        dist.barrier()
+
+
+def all_reduce_sum(tensor: torch.Tensor, info: DistInfo) -> torch.Tensor:
+    """Sum ``tensor`` over ranks in place and return it (unchanged for a world of one)."""
+    if info.enabled:
+        dist.all_reduce(tensor, op=dist.ReduceOp.SUM)
+    return tensor
+
+
+def any_rank(flag: bool, info: DistInfo) -> bool:
+    """True on every rank when ``flag`` is true on any: keeps all ranks' decisions equal."""
+    if not info.enabled:
+        return flag
+    t = torch.tensor([1.0 if flag else 0.0], device=info.device)
+    dist.all_reduce(t, op=dist.ReduceOp.MAX)
+    return bool(t.item() > 0)
+
+
+def per_rank_batch(batch_size: int, num_samples: int, info: DistInfo) -> int:
+    """Split the *global* ``batch_size`` over ranks; clear errors when it cannot be done.
+
+    ``--batch-size`` is the global batch (images per optimizer step over all processes),
+    so a recipe gives the same optimisation whatever the number of processes.
+    """
+    if num_samples < info.world_size:
+        raise FcnsegError(
+            f"{info.world_size} processes but only {num_samples} training images: "
+            "use fewer processes (--nproc-per-node/--nnodes) or more data"
+        )
+    if batch_size % info.world_size:
+        raise FcnsegError(
+            f"--batch-size {batch_size} is the global batch and must be divisible by the "
+            f"{info.world_size} processes: use a multiple of {info.world_size}"
+        )
+    return batch_size // info.world_size
+
+
+def unwrap(model: torch.nn.Module) -> torch.nn.Module:
+    """The plain model inside a DDP wrapper (for saving and evaluating)."""
+    return model.module if hasattr(model, "module") else model
+
+
+def sync_buffers(model: torch.nn.Module, info: DistInfo) -> None:
+    """Copy rank 0's buffers (BatchNorm running statistics) to every rank.
+
+    DDP broadcasts buffers at the *start* of each forward, so after the last step every rank
+    holds the statistics of its own last batch. Validation must use one model everywhere,
+    the one rank 0 saves, or each rank's shard would be scored by a slightly different model.
+    """
+    if info.enabled:
+        for buffer in model.buffers():
+            dist.broadcast(buffer, src=0)

@@ -1,0 +1,116 @@
+"""Training data loading whose every random choice is a pure function of (seed, epoch, index).
+
+That is what makes ``--resume`` exact, with or without worker processes and DDP:
+
+* the order of epoch ``e`` comes from :class:`DistributedSampler` seeded with ``seed + e``
+  (for one process too: a world of one), sharded ``rank::world_size``;
+* the batch sampler yields ``(epoch, index)`` keys, so a worker (even a persistent one that
+  never sees ``set_epoch``) knows which epoch a sample belongs to;
+* the augmentation of a sample runs with python / numpy / torch RNGs seeded from
+  ``(seed, epoch, index)`` and restored afterwards, so no global RNG state leaks between
+  samples, workers or a resumed run;
+* a mid-epoch resume skips the batches that epoch had already done.
+"""
+
+from __future__ import annotations
+
+import random
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
+from typing import Any
+
+import numpy as np
+import torch
+from torch.utils.data import Dataset, DistributedSampler
+
+
+def sample_seed(seed: int, epoch: int, index: int) -> int:
+    """A well-mixed 32-bit seed for one sample of one epoch."""
+    return int(np.random.SeedSequence([seed, epoch, index]).generate_state(1)[0])
+
+
+@contextmanager
+def seeded_rngs(seed: int) -> Iterator[None]:
+    """Seed python, numpy and torch (CPU) RNGs inside the block; restore them after."""
+    py_state, np_state = random.getstate(), np.random.get_state()
+    with torch.random.fork_rng(devices=[]):
+        random.seed(seed)
+        np.random.seed(seed)
+        torch.manual_seed(seed)
+        try:
+            yield
+        finally:
+            random.setstate(py_state)
+            np.random.set_state(np_state)
+
+
+class AugmentedDataset(Dataset):
+    """Raw pairs of ``base`` (``read_raw``) through ``transform``, keyed by ``(epoch, index)``."""
+
+    def __init__(self, base: Any, transform: Callable, seed: int, length: int | None = None):
+        self.base, self.transform, self.seed = base, transform, int(seed)
+        self.length = len(base) if length is None else min(int(length), len(base))
+
+    def __len__(self) -> int:
+        return self.length
+
+    def __getitem__(self, key: tuple[int, int]) -> tuple[torch.Tensor, torch.Tensor]:
+        epoch, index = key
+        image, mask = self.base.read_raw(index)
+        with seeded_rngs(sample_seed(self.seed, epoch, index)):
+            return self.transform(image, mask)
+
+
+class EpochBatchSampler:
+    """Batches of ``(epoch, index)`` keys for this rank, in a (seed, epoch)-determined order.
+
+    Incomplete last batches are dropped (BatchNorm needs > 1 sample, and every rank must
+    do the same number of steps).
+    """
+
+    def __init__(self, num_samples: int, batch_size: int, seed: int, rank: int = 0,
+                 world_size: int = 1) -> None:
+        self.sampler = DistributedSampler(
+            range(num_samples), num_replicas=world_size, rank=rank, shuffle=True,
+            seed=seed, drop_last=True,
+        )
+        self.batch_size = batch_size
+        self.epoch, self.skip = 0, 0
+
+    def set_epoch(self, epoch: int, skip: int = 0) -> None:
+        """Select epoch ``epoch``'s order and skip its first ``skip`` batches (resume)."""
+        self.epoch, self.skip = epoch, skip
+        self.sampler.set_epoch(epoch)
+
+    def batches_per_epoch(self) -> int:
+        return len(self.sampler) // self.batch_size
+
+    def __len__(self) -> int:
+        return max(0, self.batches_per_epoch() - self.skip)
+
+    def __iter__(self) -> Iterator[list[tuple[int, int]]]:
+        order = list(self.sampler)
+        for b in range(self.skip, self.batches_per_epoch()):
+            chunk = order[b * self.batch_size:(b + 1) * self.batch_size]
+            yield [(self.epoch, int(i)) for i in chunk]
+
+
+class LimitedDataset(Dataset):
+    """The first ``n`` items of a data set, keeping its attributes (``meta``, ``files``...)."""
+
+    def __init__(self, base: Any, n: int) -> None:
+        self.base, self.n = base, min(int(n), len(base))
+
+    def __len__(self) -> int:
+        return self.n
+
+    def __getitem__(self, i: int) -> Any:
+        if not 0 <= i < self.n:
+            raise IndexError(i)
+        return self.base[i]
+
+    def __getattr__(self, name: str) -> Any:
+        base = self.__dict__.get("base")  # absent while unpickling in a worker
+        if base is None:
+            raise AttributeError(name)
+        return getattr(base, name)

@@ -1,0 +1,92 @@
+"""Optimizer, learning-rate schedule, per-pixel loss and class weights."""
+
+from __future__ import annotations
+
+import math
+from typing import Any
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+
+from .config import TrainConfig
+
+
+def build_optimizer(model: torch.nn.Module, config: TrainConfig) -> torch.optim.Optimizer:
+    """SGD (the chapter's; momentum 0 in the d2l recipe) or AdamW over all parameters."""
+    params = [p for p in model.parameters() if p.requires_grad]
+    if config.optimizer == "adamw":
+        return torch.optim.AdamW(params, lr=config.lr, weight_decay=config.weight_decay)
+    return torch.optim.SGD(params, lr=config.lr, momentum=config.momentum,
+                           weight_decay=config.weight_decay)
+
+
+def lr_factor(step: int, total: int, schedule: str, warmup: int, power: float = 0.9) -> float:
+    """Multiplier of the base lr at optimizer step ``step`` of ``total``.
+
+    A linear warm-up over ``warmup`` steps (from 1/warmup of the lr) protects the freshly
+    initialised decoder from large early updates; then poly ``(1 - t)^power`` (DeepLab's
+    schedule, standard for FCNs), a half cosine, or constant (the chapter).
+    """
+    if warmup > 0 and step < warmup:
+        return (step + 1) / warmup
+    if schedule == "constant":
+        return 1.0
+    span = max(1, total - warmup)
+    t = min(1.0, max(0.0, (step - warmup) / span))
+    if schedule == "poly":
+        return (1.0 - t) ** power
+    return 0.5 * (1.0 + math.cos(math.pi * t))
+
+
+def build_scheduler(optimizer: torch.optim.Optimizer, config: TrainConfig,
+                    total_steps: int) -> torch.optim.lr_scheduler.LambdaLR:
+    """A per-iteration LambdaLR; its state_dict is plain (the lambda itself is not saved)."""
+    def factor(step: int) -> float:
+        return lr_factor(step, total_steps, config.schedule, config.warmup_iters,
+                         config.poly_power)
+    return torch.optim.lr_scheduler.LambdaLR(optimizer, factor)
+
+
+def segmentation_loss(logits: torch.Tensor, target: torch.Tensor,
+                      weight: torch.Tensor | None = None, ignore_index: int = 255) -> torch.Tensor:
+    """Per-pixel cross entropy over the class dimension of N x C x H x W logits, in fp32.
+
+    Equal to ``F.cross_entropy(..., reduction="mean")`` except that a batch whose pixels are
+    all ignored gives 0 instead of 0/0 = NaN (which would stop the run as a diverged loss).
+    """
+    logits = logits.float()
+    per_pixel = F.cross_entropy(logits, target, weight=weight, ignore_index=ignore_index,
+                                reduction="none")
+    valid = target != ignore_index
+    if weight is None:
+        denom = valid.sum()
+    else:
+        safe = torch.where(valid, target, torch.zeros_like(target))
+        denom = (weight[safe] * valid).sum()
+    return per_pixel.sum() / denom.clamp_min(1e-12).to(per_pixel.dtype)
+
+
+def median_frequency_weights(dataset: Any, num_classes: int, ignore_index: int = 255,
+                             limit: int | None = None) -> torch.Tensor:
+    """Median frequency balancing (Eigen & Fergus 2015; SegNet): ``median(f) / f_c``.
+
+    ``f_c`` = pixels of class ``c`` / pixels of the training images that contain ``c``,
+    counted on the raw (un-augmented) training masks. Classes absent from the training
+    masks get weight 1 (they never occur as targets anyway).
+    """
+    counts = np.zeros(num_classes, dtype=np.float64)
+    image_pixels = np.zeros(num_classes, dtype=np.float64)
+    n = len(dataset) if limit is None else min(limit, len(dataset))
+    for i in range(n):
+        _, mask = dataset.read_raw(i)
+        mask = np.asarray(mask).ravel()
+        hist = np.bincount(mask[mask != ignore_index], minlength=num_classes)[:num_classes]
+        counts += hist
+        image_pixels[hist > 0] += mask.size
+    present = counts > 0
+    weights = np.ones(num_classes, dtype=np.float64)
+    if present.any():
+        freq = counts[present] / image_pixels[present]
+        weights[present] = np.median(freq) / freq
+    return torch.tensor(weights, dtype=torch.float32)

@@ -1,0 +1,77 @@
+"""TrainConfig: recipes, TOML precedence, validation, round trips."""
+
+from __future__ import annotations
+
+import pytest
+
+from fcnseg.engine.config import RECIPES, TrainConfig, load_toml, resolve_config, to_toml
+from fcnseg.errors import FcnsegError
+
+
+def test_d2l_recipe_has_the_chapters_values():
+    c = resolve_config(recipe="d2l")
+    assert (c.model, c.backbone, c.upsample_init, c.optimizer) == (
+        "fcn32s", "resnet18", "bilinear", "sgd")
+    assert (c.lr, c.weight_decay, c.momentum, c.batch_size, c.epochs) == (
+        0.001, 1e-3, 0.0, 32, 5)
+    assert c.crop == [320, 480] and c.scale == [1.0, 1.0] and c.schedule == "constant"
+
+
+def test_default_recipe_differs_from_d2l():
+    c = resolve_config()
+    assert c.recipe == "fcnseg" and c.model == "fcn8s" and c.schedule == "poly"
+    assert c.scale[0] < c.scale[1]
+    assert set(RECIPES) >= {"d2l", "fcnseg"}
+
+
+def test_precedence_recipe_file_flags(tmp_path):
+    f = tmp_path / "c.toml"
+    f.write_text('recipe = "d2l"\nlr = 0.05\nepochs = 7\n[data_options]\nsize = 48\n')
+    c = resolve_config({"epochs": 3, "lr": None}, f)
+    assert c.recipe == "d2l" and c.model == "fcn32s"  # from the recipe named in the file
+    assert c.lr == 0.05  # file beats recipe; a None flag does not override
+    assert c.epochs == 3  # flag beats file
+    assert c.data_options == {"size": 48}
+
+
+def test_toml_round_trip(tmp_path):
+    c = resolve_config({"crop": [64, 96], "backbone_weights": None, "seed": 5})
+    path = tmp_path / "config.toml"
+    path.write_text(to_toml(c))
+    again = resolve_config(config_file=path)
+    assert again == c
+    assert TrainConfig.from_dict(c.to_dict()) == c
+
+
+@pytest.mark.parametrize("key,value,word", [
+    ("model", "fcn4s", "fcn32s, fcn16s, fcn8s"),
+    ("schedule", "step", "poly, cosine, constant"),
+    ("precision", "int8", "fp16"),
+    ("class_weights", "inverse", "median-frequency"),
+])
+def test_unknown_value_lists_valid_ones(key, value, word):
+    with pytest.raises(FcnsegError, match=word):
+        resolve_config({key: value})
+
+
+def test_bad_values_and_keys(tmp_path):
+    with pytest.raises(FcnsegError, match="unknown setting 'learning_rate'"):
+        TrainConfig.from_dict({"learning_rate": 1})
+    with pytest.raises(FcnsegError, match="batch-size"):
+        resolve_config({"batch_size": 0})
+    with pytest.raises(FcnsegError, match="crop"):
+        resolve_config({"crop": [64]})
+    with pytest.raises(FcnsegError, match="unknown recipe"):
+        resolve_config(recipe="best")
+    bad = tmp_path / "bad.toml"
+    bad.write_text("lr = = 1")
+    with pytest.raises(FcnsegError, match="bad.toml"):
+        load_toml(bad)
+    with pytest.raises(FcnsegError, match="does not exist"):
+        load_toml(tmp_path / "missing.toml")
+
+
+def test_resume_base_keeps_saved_values():
+    saved = resolve_config({"seed": 9, "epochs": 2}).to_dict()
+    c = resolve_config({"epochs": 4}, base=saved)
+    assert c.seed == 9 and c.epochs == 4
