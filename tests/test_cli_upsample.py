@@ -88,9 +88,11 @@ def test_non_integer_scale_is_rejected_by_the_parser(capsys):
 
 def test_unwritable_output_names_the_path(tmp_path, capsys):
     Image.fromarray(np.zeros((8, 8, 3), np.uint8)).save(tmp_path / "s.png")
-    target = tmp_path / "missing_dir" / "o.png"
+    (tmp_path / "a_file").write_text("not a folder")
+    target = tmp_path / "a_file" / "o.png"  # unwritable even for root
     assert main(["upsample", str(tmp_path / "s.png"), "--out", str(target)]) == 2
-    assert str(target) in _one_line_error(capsys)
+    assert str(target.parent) in _one_line_error(capsys)
+    assert not list(tmp_path.glob("**/*.tmp"))
 
 
 def test_subprocess_exit_code_and_no_traceback(tmp_path):

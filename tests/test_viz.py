@@ -128,7 +128,7 @@ def test_failed_write_leaves_no_file(tmp_path):
     class Boom(Exception):
         pass
 
-    from fcnseg.viz import atomic_write
+    from fcnseg.fileio import atomic_write
 
     def write(f):
         f.write(b"partial")

@@ -10,9 +10,7 @@ so an interrupted run never leaves a half-written PNG behind.
 from __future__ import annotations
 
 import math
-import os
-import tempfile
-from collections.abc import Callable, Sequence
+from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
@@ -20,45 +18,10 @@ import numpy as np
 import torch
 from PIL import Image
 
-from .errors import FcnsegError
+from .fileio import atomic_write
 
 IGNORE_COLOR = (224, 224, 192)  # VOC's colour for the 255 "void / boundary" label
 Palette = Sequence[Sequence[int]]
-
-
-def ensure_writable_dir(folder: str | Path) -> Path:
-    """Create ``folder`` if needed and check that files can be written in it."""
-    folder = Path(folder)
-    try:
-        folder.mkdir(parents=True, exist_ok=True)
-        fd, tmp = tempfile.mkstemp(prefix=".fcnseg-write-test.", dir=folder)
-        os.close(fd)
-        os.unlink(tmp)
-    except OSError as exc:
-        raise FcnsegError(f"cannot write to output folder {folder} ({exc.strerror or exc}): "
-                          "choose a writable folder") from exc
-    return folder
-
-
-def atomic_write(path: str | Path, write: Callable[[Any], None]) -> Path:
-    """Call ``write(binary_file)`` on a temporary file next to ``path``, then rename it."""
-    path = Path(path)
-    folder = ensure_writable_dir(path.parent)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.stem}.", suffix=path.suffix + ".tmp", dir=folder)
-    try:
-        with os.fdopen(fd, "wb") as f:
-            write(f)
-        os.replace(tmp, path)
-    except BaseException as exc:
-        try:
-            os.unlink(tmp)
-        except OSError:
-            pass
-        if isinstance(exc, OSError):
-            raise FcnsegError(f"cannot write {path} ({exc.strerror or exc}): "
-                              "free disk space or choose another output folder") from exc
-        raise
-    return path
 
 
 def _np(a: Any) -> np.ndarray:

@@ -46,7 +46,8 @@ def run(args: argparse.Namespace) -> int:
     from ..engine.config import resolve_config
     from ..engine.evaluate import evaluate
     from ..engine.train import fit
-    from ..viz import ensure_writable_dir, prediction_grid
+    from ..fileio import ensure_writable_dir
+    from ..viz import prediction_grid
 
     start = time.perf_counter()
     out = ensure_writable_dir(args.out)

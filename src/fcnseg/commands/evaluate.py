@@ -123,30 +123,17 @@ def data_source(args: argparse.Namespace, checkpoint: dict) -> tuple[str, dict[s
     its data set was read; they are reused when ``--dataset`` is that same data set.
     """
     from ..errors import FcnsegError
+    from .options import parse_data_options
 
     config = checkpoint.get("config") or {}
     same = config.get("dataset") == args.dataset
     options: dict[str, Any] = dict(config.get("data_options") or {}) if same else {}
-    for item in args.data_option:
-        key, sep, raw = item.partition("=")
-        if not sep or not key:
-            raise FcnsegError(f"--data-option {item!r} must look like KEY=VALUE")
-        options[key.replace("-", "_")] = _parse_value(raw)
+    options.update(parse_data_options(args.data_option))
     root = args.data_dir if args.data_dir is not None else (config.get("data_dir") if same
                                                             else None)
     if root is None:
         raise FcnsegError(f"--dataset {args.dataset} needs --data-dir DIR (the data set root)")
     return str(root), options
-
-
-def _parse_value(raw: str) -> Any:
-    """'64' -> 64, '0.5' -> 0.5, 'true' -> True, anything else stays a string."""
-    for cast in (int, float):
-        try:
-            return cast(raw)
-        except ValueError:
-            pass
-    return {"true": True, "false": False}.get(raw.lower(), raw)
 
 
 def metrics_report(result: dict, class_names: list[str], **info: Any) -> dict[str, Any]:
@@ -189,7 +176,8 @@ def run(args: argparse.Namespace) -> int:
     from ..data.transforms import eval_transform
     from ..engine.evaluate import evaluate
     from ..errors import FcnsegError
-    from ..viz import atomic_write, confusion_matrix_figure, ensure_writable_dir
+    from ..fileio import atomic_write, ensure_writable_dir
+    from ..viz import confusion_matrix_figure
 
     options = inference_kwargs(args)
     if args.limit is not None and args.limit < 1:

@@ -109,10 +109,9 @@ def run(args: argparse.Namespace) -> int:
     from ..data.io import read_image
     from ..data.transforms import Normalize
     from ..errors import FcnsegError
+    from ..fileio import atomic_write, ensure_writable_dir
     from ..inference import predict_logits
     from ..viz import (
-        atomic_write,
-        ensure_writable_dir,
         overlay,
         prediction_grid,
         save_image,

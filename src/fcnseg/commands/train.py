@@ -67,29 +67,13 @@ def add_parser(subparsers: Any, help_text: str) -> None:
 
 def _overrides(args: argparse.Namespace) -> dict[str, Any]:
     """The flags the user gave, as TrainConfig fields."""
-    from ..errors import FcnsegError
+    from .options import parse_data_options
 
     skip = {"func", "command", "config", "resume", "data_option"}
     values = {k: v for k, v in vars(args).items() if k not in skip and v is not None}
     if args.data_option:
-        options = {}
-        for item in args.data_option:
-            key, sep, raw = item.partition("=")
-            if not sep or not key:
-                raise FcnsegError(f"--data-option {item!r} must look like KEY=VALUE")
-            options[key.replace("-", "_")] = _parse_value(raw)
-        values["data_options"] = options
+        values["data_options"] = parse_data_options(args.data_option)
     return values
-
-
-def _parse_value(raw: str) -> Any:
-    """'64' -> 64, '0.5' -> 0.5, 'true' -> True, anything else stays a string."""
-    for cast in (int, float):
-        try:
-            return cast(raw)
-        except ValueError:
-            pass
-    return {"true": True, "false": False}.get(raw.lower(), raw)
 
 
 def run(args: argparse.Namespace) -> int:

@@ -8,12 +8,10 @@ the result, and with ``--figure`` the input and output side by side.
 from __future__ import annotations
 
 import argparse
-import os
-import tempfile
-from collections.abc import Callable
 from pathlib import Path
 
 from ..errors import FcnsegError
+from ..fileio import atomic_write
 
 
 def add_parser(subparsers: argparse._SubParsersAction, help_text: str) -> None:
@@ -26,31 +24,6 @@ def add_parser(subparsers: argparse._SubParsersAction, help_text: str) -> None:
     p.add_argument("--out", type=Path, required=True, help="where to write the enlarged PNG")
     p.add_argument("--figure", type=Path, default=None, help="also write a side-by-side figure")
     p.set_defaults(func=run)
-
-
-def _atomic_write(path: Path, write: Callable[[str], None], what: str) -> None:
-    """Call ``write(tmp)`` on a temporary file next to ``path``, then rename it into place,
-    so that an interrupted or failed write never leaves a half-written file at ``path``."""
-    parent = path.parent if str(path.parent) else Path(".")
-    if not parent.is_dir():
-        raise FcnsegError(f"cannot write {what} {path}: folder {parent} does not exist")
-    try:
-        fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=parent)
-    except OSError as exc:
-        raise FcnsegError(f"cannot write {what} {path}: {exc.strerror or exc}") from exc
-    os.close(fd)
-    try:
-        write(tmp)
-        # mkstemp creates the file 0600; give it the permissions a normal open() would.
-        umask = os.umask(0)
-        os.umask(umask)
-        os.chmod(tmp, 0o666 & ~umask)
-        os.replace(tmp, path)
-    except OSError as exc:
-        raise FcnsegError(f"cannot write {what} {path}: {exc.strerror or exc}") from exc
-    finally:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
 
 
 def _write_figure(path: Path, original, enlarged, scale: int) -> None:
@@ -70,7 +43,7 @@ def _write_figure(path: Path, original, enlarged, scale: int) -> None:
         ax.axis("off")
     fig.tight_layout()
     try:
-        _atomic_write(path, lambda tmp: fig.savefig(tmp, format="png", dpi=100), "figure")
+        atomic_write(path, lambda f: fig.savefig(f, format="png", dpi=100))
     finally:
         plt.close(fig)
 
@@ -102,7 +75,7 @@ def run(args: argparse.Namespace) -> int:
     # [0, 255]; round, then clamp so that the uint8 cast never wraps around.
     out = y[0].permute(1, 2, 0).round().clamp(0, 255).to(torch.uint8).numpy()
     out = np.ascontiguousarray(out)
-    _atomic_write(args.out, lambda tmp: Image.fromarray(out).save(tmp, format="PNG"), "image")
+    atomic_write(args.out, lambda f: Image.fromarray(out).save(f, format="PNG"))
     print(f"wrote {args.out}")
     if args.figure is not None:
         _write_figure(args.figure, image, out, args.scale)

@@ -1,12 +1,12 @@
 """``shapes``: a synthetic segmentation data set that fcnseg generates itself (offline default).
 
-Each image shows 2-4 shapes (disk, square/rectangle, triangle, ring) on a cluttered
+Each image shows 1-3 shapes (disk, square/rectangle, triangle, ring) on a cluttered
 background (colour gradient, noise, distractor lines and small blobs, all labelled
 background). Colours are drawn independently of the class and fills may be striped or noisy,
 so colour alone does not tell the classes apart: a model needs shape (corners, holes) and
 context. Later shapes occlude earlier ones and the mask follows the occlusion exactly (no
 anti-aliasing: every pixel is either inside a shape or not). Placements that would hide
-more than half of an earlier shape are redrawn, so every shape stays recognisable.
+more than 30 % of an earlier shape are redrawn, so every shape stays recognisable.
 
 Written in VOC layout (PNG images, so lossless and byte-identical for a seed)::
 
@@ -37,7 +37,7 @@ from .voc import build_voc
 
 SHAPES_CLASSES = ["background", "disk", "square", "triangle", "ring"]
 SHAPES_PALETTE = [(0, 0, 0), (230, 25, 75), (60, 180, 75), (255, 225, 25), (0, 130, 200)]
-GENERATOR_VERSION = 1
+GENERATOR_VERSION = 2
 _SPLIT_CODES = {"train": 1, "val": 2}
 
 
@@ -72,7 +72,7 @@ def _background(rng: np.random.Generator, n: int, yy: np.ndarray, xx: np.ndarray
     t = rng.uniform(0, 2 * np.pi)
     ramp = ((np.cos(t) * xx + np.sin(t) * yy) / (n * 1.42) + 0.5)[..., None]
     img = c1 * (1 - ramp) + c2 * ramp
-    for _ in range(rng.integers(2, 6)):  # distractor lines (background, drawn under shapes)
+    for _ in range(rng.integers(1, 5)):  # distractor lines (background, drawn under shapes)
         a, off, w = rng.uniform(0, np.pi), rng.uniform(-0.5, 0.5) * n, rng.uniform(0.6, 1.6)
         d = np.abs(np.cos(a) * (xx - n / 2) + np.sin(a) * (yy - n / 2) - off)
         img[d <= w] = rng.uniform(0, 255, 3)
@@ -116,17 +116,17 @@ def render_sample(
     owner = np.full((n, n), -1, dtype=np.int16)  # index of the shape owning each pixel
     shapes: list[dict] = []
     s = n / 128
-    for _ in range(rng.integers(2, 5)):
+    for _ in range(rng.integers(1, 4)):
         cls = int(rng.integers(1, len(SHAPES_CLASSES)))
         for _attempt in range(12):
-            r = rng.uniform(13, 28) * s
+            r = rng.uniform(16, 30) * s
             p = {"cls": cls, "r": float(r), "cy": float(rng.uniform(r, n - r)),
                  "cx": float(rng.uniform(r, n - r)), "angle": float(rng.uniform(0, 2 * np.pi)),
                  "aspect": float(rng.uniform(0.7, 1.0)), "inner": float(rng.uniform(0.45, 0.65))}
             inside = _shape_mask(cls, yy, xx, p)
-            # Keep every earlier shape at least half visible, so it stays recognisable.
+            # Keep 70 % of every earlier shape visible, so it stays recognisable.
             hidden = np.bincount(owner[inside & (owner >= 0)], minlength=len(shapes))
-            if all(sh["visible"] - hidden[k] >= 0.5 * sh["area"] for k, sh in enumerate(shapes)):
+            if all(sh["visible"] - hidden[k] >= 0.7 * sh["area"] for k, sh in enumerate(shapes)):
                 break
         else:
             continue

@@ -7,9 +7,7 @@ config is a dict, RNG states are tensors / lists, the data set's meta is a dict.
 
 from __future__ import annotations
 
-import os
 import random
-import tempfile
 from pathlib import Path
 from typing import Any
 
@@ -17,6 +15,7 @@ import numpy as np
 import torch
 
 from ..errors import CheckpointError
+from ..fileio import atomic_write
 
 # Keys every fcnseg checkpoint has; used to tell our files from any other ``.pt`` file.
 REQUIRED_KEYS = ("model", "model_args", "meta", "fcnseg_version")
@@ -30,52 +29,8 @@ def save_checkpoint(path: str | Path, state: dict[str, Any]) -> Path:
     only then replace ``path``. A crash or SIGKILL at any moment leaves either the old or
     the new checkpoint, never a truncated one.
     """
-    path = Path(path)
-    folder = path.parent
-    try:
-        folder.mkdir(parents=True, exist_ok=True)
-        fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=folder)
-    except OSError as exc:
-        raise CheckpointError(
-            f"cannot write checkpoints in {folder}: {exc.strerror or exc}; "
-            "choose a writable run folder with --out"
-        ) from exc
-    try:
-        with os.fdopen(fd, "wb") as f:
-            torch.save(state, f)
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
-    except BaseException as exc:
-        # Never leave half-written temporaries behind (KeyboardInterrupt included).
-        try:
-            os.unlink(tmp)
-        except OSError:
-            pass
-        if isinstance(exc, OSError):
-            raise CheckpointError(
-                f"cannot write checkpoint {path}: {exc.strerror or exc}; "
-                "free disk space or choose another run folder with --out"
-            ) from exc
-        raise
-    _fsync_dir(folder)
-    return path
-
-
-def _fsync_dir(folder: Path) -> None:
-    """Persist the rename itself (the directory entry); best effort, not on Windows."""
-    if os.name != "posix":
-        return
-    try:
-        dfd = os.open(folder, os.O_RDONLY)
-    except OSError:
-        return
-    try:
-        os.fsync(dfd)
-    except OSError:
-        pass
-    finally:
-        os.close(dfd)
+    return atomic_write(path, lambda f: torch.save(state, f), fsync=True, error=CheckpointError,
+                        hint="free disk space or choose another run folder with --out")
 
 
 def load_checkpoint(path: str | Path) -> dict[str, Any]:

@@ -59,7 +59,7 @@ def evaluate(model: torch.nn.Module, dataset: Dataset, device: torch.device | st
     saved = 0
     save_dir = None
     if save_predictions is not None and rank == 0:
-        from ..viz import ensure_writable_dir
+        from ..fileio import ensure_writable_dir
 
         save_dir = ensure_writable_dir(save_predictions)  # fail before the work, not after
     batches: Any = loader

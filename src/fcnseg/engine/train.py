@@ -24,6 +24,7 @@ from tqdm import tqdm
 from .. import __version__
 from ..device import autocast, resolve_precision
 from ..errors import CheckpointError, DataError, FcnsegError
+from ..fileio import atomic_write_text, ensure_writable_dir
 from .checkpoint import (
     capture_rng_state,
     check_compatible,
@@ -55,17 +56,8 @@ def prepare_run_dir(config: TrainConfig) -> Path:
 
     An unwritable folder fails here, in a second, not after an epoch of training.
     """
-    run_dir = Path(config.out)
-    try:
-        run_dir.mkdir(parents=True, exist_ok=True)
-        tmp = run_dir / ".config.toml.tmp"
-        tmp.write_text(to_toml(config))
-        tmp.replace(run_dir / "config.toml")
-    except OSError as exc:
-        raise FcnsegError(
-            f"cannot write to run folder {run_dir}: {exc.strerror or exc}; "
-            "choose a writable folder with --out"
-        ) from exc
+    run_dir = ensure_writable_dir(config.out, what="run folder (--out)")
+    atomic_write_text(run_dir / "config.toml", to_toml(config))
     return run_dir
 
 
@@ -323,7 +315,5 @@ def _write_logs(run_dir: Path, history: list[dict[str, Any]]) -> None:
     """Rewrite log.jsonl (one row per epoch) from the history, and curves.png."""
     from ..viz import plot_training_curves
 
-    tmp = run_dir / ".log.jsonl.tmp"
-    tmp.write_text("".join(json.dumps(row) + "\n" for row in history))
-    tmp.replace(run_dir / "log.jsonl")
+    atomic_write_text(run_dir / "log.jsonl", "".join(json.dumps(row) + "\n" for row in history))
     plot_training_curves(history, run_dir / "curves.png")
