@@ -68,10 +68,15 @@ def run(args: argparse.Namespace) -> int:
     result = fit(config)
     model = result["model"].eval()
 
-    print(f"[3/4] evaluating on {len(val)} whole validation images")
     device = next(model.parameters()).device
-    dtype, _ = resolve_precision(device, config.precision)
-    metrics = evaluate(model, val, device, dtype).compute()
+    # fit() validates the last epoch on the same whole images: reuse that, don't repeat it.
+    metrics = result["val_metrics"]
+    if metrics is None:
+        print(f"[3/4] evaluating on {len(val)} whole validation images")
+        dtype, _ = resolve_precision(device, config.precision)
+        metrics = evaluate(model, val, device, dtype).compute()
+    else:
+        print(f"[3/4] evaluated on {len(val)} whole validation images (last epoch)")
     names = val.meta.class_names
     summary = {
         "miou": float(metrics["miou"]),

@@ -231,6 +231,7 @@ def _fit(config: TrainConfig, resume: Any, info: DistInfo) -> dict[str, Any]:
         "loss_sum": 0.0, "loss_steps": 0, "images": 0, "seconds": 0.0,
     }
     best, history = -1.0, []
+    metrics: dict[str, Any] | None = None  # of the latest validation
     if checkpoint is not None:
         try:
             optimizer.load_state_dict(checkpoint["optimizer"])
@@ -308,7 +309,8 @@ def _fit(config: TrainConfig, resume: Any, info: DistInfo) -> dict[str, Any]:
             break
     barrier(info)
     return {"run_dir": str(run_dir), "history": history, "best_miou": best,
-            "epoch": ctx["epoch"], "step": ctx["step"], "model": unwrap(model)}
+            "val_metrics": metrics, "epoch": ctx["epoch"], "step": ctx["step"],
+            "model": unwrap(model)}
 
 
 def _write_logs(run_dir: Path, history: list[dict[str, Any]]) -> None:

@@ -1,0 +1,36 @@
+"""`fcnseg demo` end to end, at a tiny size (the full-size run is timed in benchmarks/)."""
+
+import json
+
+import numpy as np
+from PIL import Image
+
+from fcnseg.cli import main
+from fcnseg.engine.checkpoint import model_from_checkpoint
+
+
+def test_demo_writes_metrics_figures_and_a_usable_checkpoint(tmp_path, capsys):
+    out = tmp_path / "demo"
+    status = main(["demo", "--out", str(out), "--epochs", "2", "--size", "16",
+                   "--image-size", "64"])
+    assert status == 0
+    metrics = json.loads((out / "metrics.json").read_text())
+    assert 0.0 <= metrics["miou"] <= 1.0 and 0.0 <= metrics["pixel_accuracy"] <= 1.0
+    assert set(metrics["per_class_iou"]) == {"background", "disk", "square", "triangle", "ring"}
+    assert metrics["val_images"] == 4 and metrics["train_images"] == 16
+    for name in ("curves.png", "predictions.png"):
+        with Image.open(out / name) as img:
+            assert img.size[0] > 100 and img.size[1] > 100
+    printed = capsys.readouterr().out
+    assert "validation mIoU" in printed and str(out) in printed
+
+    # The demo's checkpoint alone is enough to predict, and it is the model that was scored.
+    model, meta, ckpt = model_from_checkpoint(out / "run" / "last.pt")
+    assert meta.class_names[0] == "background" and ckpt["history"][-1]["epoch"] == 2
+    assert abs(ckpt["history"][-1]["val_miou"] - metrics["miou"]) < 1e-9
+    image = np.asarray(Image.open(out / "data" / "JPEGImages" / "val_00000.png"))
+    assert main(["predict", "--checkpoint", str(out / "run" / "last.pt"),
+                 str(out / "data" / "JPEGImages" / "val_00000.png"), "--out",
+                 str(tmp_path / "pred")]) == 0
+    with Image.open(tmp_path / "pred" / "val_00000.png") as mask:
+        assert mask.mode == "P" and mask.size == (image.shape[1], image.shape[0])
