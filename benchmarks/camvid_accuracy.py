@@ -124,10 +124,16 @@ def main() -> None:
     for group in groups:
         start = time.perf_counter()
         procs = {r: start_training(r, plans[r], args.out, threads) for r in group}
-        for recipe, proc in procs.items():
-            if proc.wait() != 0:
-                sys.exit(f"training {recipe} failed: see {args.out / (recipe + '.train.log')}")
-            plans[recipe]["train_seconds"] = time.perf_counter() - start
+        while procs:  # poll, so that each run's own wall time is recorded
+            for recipe, proc in list(procs.items()):
+                if proc.poll() is None:
+                    continue
+                if proc.returncode != 0:
+                    sys.exit(f"training {recipe} failed: see "
+                             f"{args.out / (recipe + '.train.log')}")
+                plans[recipe]["train_seconds"] = time.perf_counter() - start
+                del procs[recipe]
+            time.sleep(2)
     for recipe in args.recipes:
         results[recipe] = {**plans[recipe], **evaluate(recipe, args.out)}
 
