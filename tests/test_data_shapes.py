@@ -31,7 +31,7 @@ def test_mask_follows_drawn_shapes_and_occlusion():
         img, mask, shapes = render_sample(np.random.default_rng([0, 9, i]), 96)
         assert mask.dtype == np.uint8 and img.shape == (96, 96, 3)
         assert set(np.unique(mask)) <= set(range(len(SHAPES_CLASSES)))
-        assert 2 <= len(shapes) <= 4
+        assert 1 <= len(shapes) <= 3  # 1-3 shapes per image (the first always fits)
         # Pixel counts per class == what stayed visible of each shape after occlusion.
         for cls in range(1, len(SHAPES_CLASSES)):
             visible = sum(s["visible"] for s in shapes if s["cls"] == cls)
@@ -39,7 +39,7 @@ def test_mask_follows_drawn_shapes_and_occlusion():
         yy, xx = np.mgrid[0:96, 0:96] + 0.5
         for k, s in enumerate(shapes):
             classes_seen.add(s["cls"])
-            assert s["r"] >= 13 * 96 / 128 - 1e-6  # shapes are large enough to learn
+            assert s["r"] >= 16 * 96 / 128 - 1e-6  # shapes are large enough to learn
             assert s["visible"] >= 0.7 * s["area"] > 0  # never mostly hidden
             d = np.hypot(yy - s["cy"], xx - s["cx"])
             later = np.zeros_like(mask, dtype=bool)
