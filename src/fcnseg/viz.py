@@ -105,7 +105,8 @@ def save_image(image: np.ndarray, path: str | Path) -> Path:
     return atomic_write(path, lambda f: img.save(f, format=fmt))
 
 
-def _new_figure(width: float, height: float):
+def new_figure(width: float, height: float):
+    """A matplotlib figure on the Agg canvas, without pyplot or a global backend switch."""
     from matplotlib.backends.backend_agg import FigureCanvasAgg
     from matplotlib.figure import Figure
 
@@ -133,7 +134,7 @@ def legend_figure(class_names: Sequence[str], palette: Palette,
                   path: str | Path | None = None, ncol: int = 4):
     """A figure holding only the legend of class colours; saved when ``path`` is given."""
     rows = math.ceil(len(class_names) / ncol)
-    fig = _new_figure(2.2 * ncol, 0.35 * rows + 0.3)
+    fig = new_figure(2.2 * ncol, 0.35 * rows + 0.3)
     fig.legend(handles=legend_handles(class_names, palette), loc="center", ncol=ncol,
                frameon=False)
     if path is not None:
@@ -155,7 +156,7 @@ def prediction_grid(images: Sequence[Any], preds: Sequence[Any],
     rows = [("image", list(images)), ("prediction", list(preds))]
     if truths is not None:
         rows.append(("ground truth", list(truths)))
-    fig = _new_figure(max(scale * n * 1.4, 6.0), scale * len(rows))
+    fig = new_figure(max(scale * n * 1.4, 6.0), scale * len(rows))
     axes = fig.subplots(len(rows), n, squeeze=False)
     for r, (label, items) in enumerate(rows):
         for c, item in enumerate(items):
@@ -183,7 +184,7 @@ def plot_training_curves(history: Sequence[dict], path: str | Path):
     """
     if not history:
         raise ValueError("no history to plot")
-    fig = _new_figure(10, 3.5)
+    fig = new_figure(10, 3.5)
     ax_loss, ax_acc = fig.subplots(1, 2)
 
     def series(key: str) -> tuple[list, list]:
@@ -221,7 +222,7 @@ def confusion_matrix_figure(mat: Any, class_names: Sequence[str], path: str | Pa
         raise ValueError(f"matrix of shape {m.shape} for {n} class names")
     norm = m / np.maximum(m.sum(1, keepdims=True), 1)
     size = max(4.0, 0.45 * n + 2)
-    fig = _new_figure(size + 1, size)
+    fig = new_figure(size + 1, size)
     ax = fig.subplots()
     im = ax.imshow(norm, cmap="Blues", vmin=0, vmax=1)
     fig.colorbar(im, ax=ax, fraction=0.046, pad=0.04)

@@ -11,7 +11,6 @@ import argparse
 from pathlib import Path
 
 from ..errors import FcnsegError
-from ..fileio import atomic_write
 
 
 def add_parser(subparsers: argparse._SubParsersAction, help_text: str) -> None:
@@ -27,12 +26,10 @@ def add_parser(subparsers: argparse._SubParsersAction, help_text: str) -> None:
 
 
 def _write_figure(path: Path, original, enlarged, scale: int) -> None:
-    import matplotlib
+    from ..viz import new_figure, save_figure
 
-    matplotlib.use("Agg")  # no display needed (servers, CI)
-    import matplotlib.pyplot as plt
-
-    fig, axes = plt.subplots(1, 2, figsize=(10, 4), width_ratios=[1, 1])
+    fig = new_figure(10, 4)
+    axes = fig.subplots(1, 2)
     titles = (
         f"input {original.shape[0]} x {original.shape[1]}",
         f"x{scale} transposed conv {enlarged.shape[0]} x {enlarged.shape[1]}",
@@ -42,10 +39,7 @@ def _write_figure(path: Path, original, enlarged, scale: int) -> None:
         ax.set_title(title)
         ax.axis("off")
     fig.tight_layout()
-    try:
-        atomic_write(path, lambda f: fig.savefig(f, format="png", dpi=100))
-    finally:
-        plt.close(fig)
+    save_figure(fig, path)
 
 
 def run(args: argparse.Namespace) -> int:
@@ -57,12 +51,11 @@ def run(args: argparse.Namespace) -> int:
     if args.figure is not None and args.figure.suffix.lower() != ".png":
         raise FcnsegError(f"--figure {args.figure}: the figure is written as PNG, name it *.png")
 
-    import numpy as np
     import torch
-    from PIL import Image
 
     from ..data.io import read_image
     from ..models.upsampling import bilinear_upsample
+    from ..viz import save_image
 
     image = read_image(args.image)  # uint8 H x W x 3; DataError naming the file otherwise
     x = torch.from_numpy(image.copy()).permute(2, 0, 1).unsqueeze(0).float()
@@ -74,8 +67,7 @@ def run(args: argparse.Namespace) -> int:
     # Bilinear weights are a convex combination, but float rounding can step just outside
     # [0, 255]; round, then clamp so that the uint8 cast never wraps around.
     out = y[0].permute(1, 2, 0).round().clamp(0, 255).to(torch.uint8).numpy()
-    out = np.ascontiguousarray(out)
-    atomic_write(args.out, lambda f: Image.fromarray(out).save(f, format="PNG"))
+    save_image(out, args.out)
     print(f"wrote {args.out}")
     if args.figure is not None:
         _write_figure(args.figure, image, out, args.scale)
