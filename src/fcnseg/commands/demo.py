@@ -51,6 +51,7 @@ def run(args: argparse.Namespace) -> int:
     from ..engine.evaluate import evaluate
     from ..engine.train import fit
     from ..fileio import ensure_writable_dir
+    from ..inference import predict_mask
     from ..viz import prediction_grid
 
     start = time.perf_counter()
@@ -75,10 +76,10 @@ def run(args: argparse.Namespace) -> int:
 
     device = next(model.parameters()).device
     # fit() validates the last epoch on the same whole images: reuse that, don't repeat it.
+    dtype, _ = resolve_precision(device, config.precision)
     metrics = result["val_metrics"]
     if metrics is None:
         print(f"[3/4] evaluating on {len(val)} whole validation images")
-        dtype, _ = resolve_precision(device, config.precision)
         metrics = evaluate(model, val, device, dtype).compute()
     else:
         print(f"[3/4] evaluated on {len(val)} whole validation images (last epoch)")
@@ -99,9 +100,8 @@ def run(args: argparse.Namespace) -> int:
     print("[4/4] drawing predictions")
     count = min(6, len(val))
     images, truths = zip(*(val.read_raw(i) for i in range(count)), strict=True)
-    with torch.inference_mode():
-        batch = torch.stack([val[i][0] for i in range(count)]).to(device)
-        preds = model(batch)["out"].argmax(1).cpu().numpy()
+    batch = torch.stack([val[i][0] for i in range(count)]).to(device)
+    preds = predict_mask(model, batch, dtype=dtype).cpu().numpy()
     prediction_grid(list(images), list(preds), list(truths), meta=val.meta,
                     path=out / "predictions.png")
     (out / "curves.png").write_bytes((run_dir / "curves.png").read_bytes())
