@@ -91,6 +91,10 @@ def measure(config: str, mode: str, batch: int, steps: int) -> dict:
             opt.step()
     else:
         model.eval()
+        if config != "d2l":  # what fcnseg evaluate / predict run: BatchNorm folded
+            from fcnseg.models import fold_batchnorm
+
+            model = fold_batchnorm(model).to(memory_format=memory_format)
 
         def step() -> None:
             with torch.inference_mode(), autocast(device, dtype):

@@ -8,7 +8,7 @@ import numpy as np
 import pytest
 
 from fcnseg.data import build_dataset, render_sample
-from fcnseg.data.shapes import SHAPES_CLASSES, generate_shapes
+from fcnseg.data.shapes import RADIUS, SHAPES_CLASSES, generate_shapes
 from fcnseg.errors import DataError
 
 DISK, SQUARE, TRIANGLE, RING = (SHAPES_CLASSES.index(n) for n in
@@ -39,7 +39,7 @@ def test_mask_follows_drawn_shapes_and_occlusion():
         yy, xx = np.mgrid[0:96, 0:96] + 0.5
         for k, s in enumerate(shapes):
             classes_seen.add(s["cls"])
-            assert s["r"] >= 16 * 96 / 128 - 1e-6  # shapes are large enough to learn
+            assert s["r"] >= RADIUS[0] * 96 / 128 - 1e-6  # shapes are large enough to learn
             assert s["visible"] >= 0.7 * s["area"] > 0  # never mostly hidden
             d = np.hypot(yy - s["cy"], xx - s["cx"])
             later = np.zeros_like(mask, dtype=bool)

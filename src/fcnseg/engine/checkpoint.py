@@ -60,11 +60,13 @@ def load_checkpoint(path: str | Path) -> dict[str, Any]:
     return checkpoint
 
 
-def check_compatible(checkpoint: dict[str, Any], model_args: dict[str, Any], path: Any) -> None:
+def check_compatible(checkpoint: dict[str, Any], model_args: dict[str, Any], path: Any,
+                     class_names: list[str] | None = None) -> None:
     """Raise :class:`CheckpointError` when ``checkpoint`` was trained for another model.
 
-    Compares the settings that change the weights' shapes or meaning: model name, backbone
-    and number of classes.
+    Compares the settings that change the weights' shapes or meaning: model name, backbone,
+    number of classes and, when given, the class names in order (same count, other classes
+    would silently mislabel every pixel).
     """
     saved = checkpoint.get("model_args", {})
     diffs = [
@@ -72,6 +74,11 @@ def check_compatible(checkpoint: dict[str, Any], model_args: dict[str, Any], pat
         for key in ("name", "backbone", "num_classes")
         if saved.get(key) != model_args.get(key)
     ]
+    saved_names = checkpoint.get("meta", {}).get("class_names")
+    if not diffs and class_names is not None and saved_names is not None \
+            and list(saved_names) != list(class_names):
+        diffs.append(f"classes {saved_names} in the checkpoint vs {list(class_names)} in the "
+                     "data")
     if diffs:
         raise CheckpointError(
             f"checkpoint {path} does not fit: {'; '.join(diffs)}; "

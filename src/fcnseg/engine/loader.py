@@ -10,6 +10,8 @@ That is what makes ``--resume`` exact, with or without worker processes and DDP:
   ``(seed, epoch, index)`` and restored afterwards, so no global RNG state leaks between
   samples, workers or a resumed run;
 * a mid-epoch resume skips the batches that epoch had already done.
+
+:func:`build_train_val_data` builds a config's training and validation sets.
 """
 
 from __future__ import annotations
@@ -114,3 +116,35 @@ class LimitedDataset(Dataset):
         if base is None:
             raise AttributeError(name)
         return getattr(base, name)
+
+
+def build_train_val_data(config: Any) -> tuple[Any, AugmentedDataset, Any]:
+    """``(meta, training AugmentedDataset, validation data set or None)`` of a TrainConfig.
+
+    Empty splits are a :class:`DataError` naming the split and the flag to change.
+    """
+    from ..data import build_dataset
+    from ..data.transforms import eval_transform, train_transform
+    from ..errors import DataError
+
+    base = build_dataset(config.dataset, config.data_dir, config.split, **config.data_options)
+    meta = base.meta
+    n = len(base) if not config.limit_train else min(len(base), config.limit_train)
+    if n == 0:
+        raise DataError(f"the {config.split!r} split of {config.dataset} data in "
+                        f"{config.data_dir} has no images: check --data-dir and --split")
+    if hasattr(base, "preload"):  # decode once, before worker processes fork
+        base.preload()
+    transform = train_transform(meta, crop=tuple(config.crop), scale=tuple(config.scale),
+                                flip=config.flip, color_jitter=config.color_jitter)
+    train = AugmentedDataset(base, transform, config.seed, n)
+    val = None
+    if config.val_every:
+        val = build_dataset(config.dataset, config.data_dir, config.val_split,
+                            transform=eval_transform(meta), **config.data_options)
+        if config.limit_val:
+            val = LimitedDataset(val, config.limit_val)
+        if len(val) == 0:
+            raise DataError(f"the {config.val_split!r} split has no images: "
+                            "use --val-split or --val-every 0")
+    return meta, train, val

@@ -43,7 +43,7 @@ from .distributed import (
     sync_buffers,
     unwrap,
 )
-from .loader import AugmentedDataset, EpochBatchSampler, LimitedDataset
+from .loader import EpochBatchSampler, build_train_val_data
 from .optim import build_optimizer, build_scheduler, median_frequency_weights, segmentation_loss
 
 
@@ -129,34 +129,6 @@ def train_one_epoch(model: torch.nn.Module, loader: DataLoader, optimizer: torch
     ctx["seconds"] += time.perf_counter() - start
 
 
-def _build_data(config: TrainConfig, info: DistInfo) -> tuple[Any, Any, Any]:
-    """(meta, training AugmentedDataset, validation data set or None)."""
-    from ..data import build_dataset
-    from ..data.transforms import eval_transform, train_transform
-
-    base = build_dataset(config.dataset, config.data_dir, config.split, **config.data_options)
-    meta = base.meta
-    n = len(base) if not config.limit_train else min(len(base), config.limit_train)
-    if n == 0:
-        raise DataError(f"the {config.split!r} split of {config.dataset} data in "
-                        f"{config.data_dir} has no images: check --data-dir and --split")
-    if hasattr(base, "preload"):  # decode once, before worker processes fork
-        base.preload()
-    transform = train_transform(meta, crop=tuple(config.crop), scale=tuple(config.scale),
-                                flip=config.flip, color_jitter=config.color_jitter)
-    train = AugmentedDataset(base, transform, config.seed, n)
-    val = None
-    if config.val_every:
-        val = build_dataset(config.dataset, config.data_dir, config.val_split,
-                            transform=eval_transform(meta), **config.data_options)
-        if config.limit_val:
-            val = LimitedDataset(val, config.limit_val)
-        if len(val) == 0:
-            raise DataError(f"the {config.val_split!r} split has no images: "
-                            "use --val-split or --val-every 0")
-    return meta, train, val
-
-
 def fit(config: TrainConfig, resume: str | Path | dict | None = None) -> dict[str, Any]:
     """Train per ``config`` (resuming from a checkpoint path or dict); returns a summary."""
     info = setup_distributed(config.device)
@@ -181,7 +153,7 @@ def _fit(config: TrainConfig, resume: Any, info: DistInfo) -> dict[str, Any]:
     # Rank 0 first: it may generate or cache the data set that the other ranks then read.
     if not info.is_main:
         barrier(info)
-    meta, train_ds, val_ds = _build_data(config, info)
+    meta, train_ds, val_ds = build_train_val_data(config)
     if info.is_main:
         barrier(info)
     model_args = {"name": config.model, "num_classes": meta.num_classes,
@@ -190,7 +162,7 @@ def _fit(config: TrainConfig, resume: Any, info: DistInfo) -> dict[str, Any]:
                   "upsample_init": config.upsample_init}
     if checkpoint is not None:
         check_compatible(checkpoint, model_args, resume if not isinstance(resume, dict)
-                         else "to resume")
+                         else "to resume", meta.class_names)
     model = build_model(**model_args)
     if checkpoint is not None:
         model.load_state_dict(checkpoint["model"])

@@ -7,6 +7,7 @@ from pathlib import Path
 from ..errors import UnknownNameError
 from .backbones import BACKBONES, build_backbone
 from .fcn import FCN
+from .fusion import fold_batchnorm
 from .upsampling import (
     UPSAMPLE_INITS,
     bilinear_kernel,
@@ -57,6 +58,7 @@ __all__ = [
     "BACKBONES",
     "FCN",
     "MODELS",
+    "fold_batchnorm",
     "UPSAMPLE_INITS",
     "bilinear_kernel",
     "bilinear_upsample",
