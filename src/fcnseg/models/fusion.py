@@ -41,7 +41,7 @@ def fold_batchnorm(model: nn.Module) -> nn.Module:
     """An eval-mode copy of ``model`` with every ``conv -> BatchNorm2d`` pair folded.
 
     The folded BatchNorm becomes ``nn.Identity``; ``model`` itself is left unchanged.
-    Returns the copy (in eval mode, with the same memory format and device).
+    Returns the copy, in eval mode on the same device (callers set the memory format).
     """
     folded = copy.deepcopy(model).eval()
     for module in list(folded.modules()):
