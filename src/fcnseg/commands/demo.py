@@ -23,8 +23,8 @@ from typing import Any
 DEMO_SETTINGS: dict[str, Any] = {
     "dataset": "shapes", "model": "fcn8s", "backbone": "resnet18", "pretrained": False,
     "optimizer": "adamw", "lr": 2e-2, "weight_decay": 1e-4, "schedule": "poly",
-    "warmup_iters": 30, "batch_size": 8, "epochs": 9, "scale": [1.0, 1.0],
-    "flip": True, "workers": 0, "val_every": 5,
+    "warmup_iters": 30, "batch_size": 8, "epochs": 8, "scale": [1.0, 1.0],
+    "flip": True, "workers": 0, "val_every": 4,
 }
 DEMO_DATA = {"size": 1024, "image_size": 128}
 
