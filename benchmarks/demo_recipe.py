@@ -1,14 +1,18 @@
 """One run of the demo recipe search: the demo's settings with some of them changed.
 
-Trains FCN-8s / ResNet-18 from scratch on a ``shapes`` variant and prints the final whole-image
-validation mIoU as JSON. The search in benchmarks/RESULTS.md ran pairs of these side by side,
-one core each, e.g. (r1, then a2 on generator v2's 16-30 px shapes)::
+Trains FCN-8s / ResNet-18 from scratch on a ``shapes`` variant and prints, as JSON, the
+whole-image validation mIoU (also with flip test-time augmentation), per-class IoU and the
+loss / mIoU history. The search in benchmarks/RESULTS.md ran pairs of these side by side, one
+core each. Flags default to the demo's current recipe; session 3's baseline (the session 2
+recipe) and its best change, for example::
 
-    OMP_NUM_THREADS=1 python benchmarks/demo_recipe.py --lr 0.02 --epochs 10
-    OMP_NUM_THREADS=1 python benchmarks/demo_recipe.py --lr 0.02 --radius 16 30
+    OMP_NUM_THREADS=1 python benchmarks/demo_recipe.py --epochs 8 --loss ce \\
+        --boundary-weight 0 --weight-decay 1e-4
+    OMP_NUM_THREADS=1 python benchmarks/demo_recipe.py --epochs 8
 
 ``--radius`` / ``--shapes-per-image`` patch the generator's constants, so each variant gets
-its own data folder (``benchmarks/out/demo_recipe/data-...``).
+its own data folder (``benchmarks/out/demo_recipe/data-...``); ``--fixed-upsample`` and
+``--beta2`` patch the model and the optimizer, which the config does not expose.
 """
 
 from __future__ import annotations
@@ -18,43 +22,86 @@ import json
 import time
 from pathlib import Path
 
+import torch
+
 import fcnseg.data.shapes as shapes
+import fcnseg.engine.train as train_module
+import fcnseg.models as models
 from fcnseg.commands.demo import DEMO_SETTINGS
 from fcnseg.engine.config import resolve_config
+from fcnseg.engine.evaluate import evaluate
+from fcnseg.engine.loader import build_train_val_data
 from fcnseg.engine.train import fit
 
 OUT = Path(__file__).resolve().parent / "out" / "demo_recipe"
 
 
+def _patch(args: argparse.Namespace) -> None:
+    """Apply the changes that have no config setting (model and optimizer internals)."""
+    if args.fixed_upsample:
+        build_model = models.build_model
+        models.build_model = lambda *a, **kw: build_model(*a, **kw, learnable_upsample=False)
+    if args.beta2 is not None:
+        build_optimizer = train_module.build_optimizer
+
+        def with_beta2(model: torch.nn.Module, config: object) -> torch.optim.Optimizer:
+            optimizer = build_optimizer(model, config)
+            for group in optimizer.param_groups:
+                group["betas"] = (group["betas"][0], args.beta2)
+            return optimizer
+        train_module.build_optimizer = with_beta2
+
+
 def main() -> None:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    p.add_argument("--name", default="", help="run folder name (default: from the flags)")
     p.add_argument("--lr", type=float, default=DEMO_SETTINGS["lr"])
-    p.add_argument("--epochs", type=int, default=10)
+    p.add_argument("--epochs", type=int, default=DEMO_SETTINGS["epochs"])
     p.add_argument("--batch-size", type=int, default=DEMO_SETTINGS["batch_size"])
     p.add_argument("--optimizer", default=DEMO_SETTINGS["optimizer"])
+    p.add_argument("--weight-decay", type=float, default=DEMO_SETTINGS["weight_decay"])
+    p.add_argument("--loss", default=DEMO_SETTINGS["loss"])
+    p.add_argument("--boundary-weight", type=float, default=DEMO_SETTINGS["boundary_weight"])
+    p.add_argument("--beta2", type=float, help="AdamW's beta2 (default: torch's 0.999)")
+    p.add_argument("--fixed-upsample", action="store_true",
+                   help="freeze the bilinear transposed convolutions")
+    p.add_argument("--seed", type=int, default=0)
     p.add_argument("--size", type=int, default=1024, help="training images")
     p.add_argument("--image-size", type=int, default=128)
     p.add_argument("--crop", type=int, default=96)
     p.add_argument("--radius", type=float, nargs=2, default=shapes.RADIUS)
     p.add_argument("--shapes-per-image", type=int, nargs=2, default=shapes.SHAPES_PER_IMAGE)
     args = p.parse_args()
+    _patch(args)
 
     shapes.RADIUS, shapes.SHAPES_PER_IMAGE = tuple(args.radius), tuple(args.shapes_per_image)
     variant = (f"r{args.radius[0]:g}-{args.radius[1]:g}_n{args.shapes_per_image[0]}-"
                f"{args.shapes_per_image[1]}_{args.size}x{args.image_size}")
+    name = args.name or (f"{variant}_lr{args.lr:g}_e{args.epochs}_b{args.batch_size}_"
+                         f"{args.loss}_bw{args.boundary_weight:g}_wd{args.weight_decay:g}")
     data_options = {"size": args.size, "image_size": args.image_size, "seed": 0, "val_size": 128}
     config = resolve_config({
         **DEMO_SETTINGS, "lr": args.lr, "epochs": args.epochs, "batch_size": args.batch_size,
-        "optimizer": args.optimizer, "crop": [args.crop] * 2, "val_every": args.epochs,
+        "optimizer": args.optimizer, "weight_decay": args.weight_decay, "loss": args.loss,
+        "boundary_weight": args.boundary_weight, "seed": args.seed,
+        "crop": [args.crop] * 2, "val_every": max(1, args.epochs // 2),
         "data_dir": str(OUT / f"data-{variant}"), "data_options": data_options,
-        "out": str(OUT / f"run-{variant}_lr{args.lr:g}_e{args.epochs}_b{args.batch_size}"),
+        "out": str(OUT / f"run-{name}"),
     })
     start = time.perf_counter()
-    metrics = fit(config)["val_metrics"]
-    print(json.dumps({"variant": variant, "lr": args.lr, "epochs": args.epochs,
-                      "batch_size": args.batch_size, "miou": round(metrics["miou"], 4),
+    result = fit(config)
+    seconds = time.perf_counter() - start
+    metrics = result["val_metrics"]
+    _, _, val = build_train_val_data(config)
+    flipped = evaluate(result["model"].eval(), val, torch.device("cpu"), flip=True,
+                       progress=False).compute()
+    history = [[row["epoch"], round(row["train_loss"], 4), round(row.get("val_miou", -1), 4)]
+               for row in result["history"]]
+    print(json.dumps({"name": name, "args": vars(args), "miou": round(metrics["miou"], 4),
+                      "miou_flip_tta": round(flipped["miou"], 4),
                       "per_class_iou": [round(v, 3) for v in metrics["per_class_iou"]],
-                      "seconds": round(time.perf_counter() - start)}))
+                      "history [epoch, train loss, val mIoU]": history,
+                      "seconds": round(seconds)}))
 
 
 if __name__ == "__main__":

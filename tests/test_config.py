@@ -48,6 +48,7 @@ def test_toml_round_trip(tmp_path):
     ("schedule", "step", "poly, cosine, constant"),
     ("precision", "int8", "fp16"),
     ("class_weights", "inverse", "median-frequency"),
+    ("loss", "dice", "ce, ce\\+lovasz"),
 ])
 def test_unknown_value_lists_valid_ones(key, value, word):
     with pytest.raises(FcnsegError, match=word):
@@ -61,6 +62,8 @@ def test_bad_values_and_keys(tmp_path):
         resolve_config({"batch_size": 0})
     with pytest.raises(FcnsegError, match="crop"):
         resolve_config({"crop": [64]})
+    with pytest.raises(FcnsegError, match="boundary-weight must be >= 0"):
+        resolve_config({"boundary_weight": -1.0})
     with pytest.raises(FcnsegError, match="unknown recipe"):
         resolve_config(recipe="best")
     bad = tmp_path / "bad.toml"

@@ -6,7 +6,10 @@ import numpy as np
 from PIL import Image
 
 from fcnseg.cli import main
+from fcnseg.data import build_dataset
+from fcnseg.data.transforms import eval_transform
 from fcnseg.engine.checkpoint import model_from_checkpoint
+from fcnseg.engine.evaluate import evaluate
 
 
 def test_demo_writes_metrics_figures_and_a_usable_checkpoint(tmp_path, capsys):
@@ -27,7 +30,13 @@ def test_demo_writes_metrics_figures_and_a_usable_checkpoint(tmp_path, capsys):
     # The demo's checkpoint alone is enough to predict, and it is the model that was scored.
     model, meta, ckpt = model_from_checkpoint(out / "run" / "last.pt")
     assert meta.class_names[0] == "background" and ckpt["history"][-1]["epoch"] == 2
-    assert abs(ckpt["history"][-1]["val_miou"] - metrics["miou"]) < 1e-9
+    assert abs(ckpt["history"][-1]["val_miou"] - metrics["single_pass"]["miou"]) < 1e-9
+    # The headline figures are the flip-averaged predictions of that model.
+    val = build_dataset("shapes", out / "data", "val", size=16, image_size=64, val_size=4)
+    val.transform = eval_transform(meta)
+    flipped = evaluate(model.eval(), val, "cpu", flip=True, progress=False).compute()
+    assert abs(float(flipped["miou"]) - metrics["miou"]) < 1e-9
+    assert metrics["test_time_augmentation"].startswith("horizontal flip")
     image = np.asarray(Image.open(out / "data" / "JPEGImages" / "val_00000.png"))
     assert main(["predict", "--checkpoint", str(out / "run" / "last.pt"),
                  str(out / "data" / "JPEGImages" / "val_00000.png"), "--out",

@@ -17,7 +17,8 @@ from fcnseg.cli import main
 from fcnseg.engine import train as train_mod
 from fcnseg.engine.checkpoint import load_checkpoint, model_from_checkpoint
 from fcnseg.engine.config import resolve_config
-from fcnseg.engine.optim import lr_factor, median_frequency_weights, segmentation_loss
+from fcnseg.engine.losses import build_loss, segmentation_loss
+from fcnseg.engine.optim import lr_factor, median_frequency_weights
 from fcnseg.engine.train import fit
 from fcnseg.errors import CheckpointError, DataError, FcnsegError
 
@@ -94,6 +95,16 @@ def test_short_run_learns_and_writes_outputs(data_dir, tmp_path):
     assert saved.optimizer == "adamw" and saved.crop == [64, 64]
 
 
+def test_loss_options_train_and_are_saved(data_dir, tmp_path):
+    out = tmp_path / "lovasz"
+    result = fit(_config(data_dir, out, epochs=1, loss="ce+lovasz", boundary_weight=4.0))
+    assert result["step"] == 4 and 0.0 < result["history"][0]["train_loss"] < 10.0
+    saved = load_checkpoint(out / "last.pt")["config"]
+    assert (saved["loss"], saved["boundary_weight"]) == ("ce+lovasz", 4.0)
+    again = resolve_config(config_file=out / "config.toml")
+    assert (again.loss, again.boundary_weight) == ("ce+lovasz", 4.0)
+
+
 def test_sigkill_loses_nothing_checkpointed(data_dir, tmp_path):
     out = tmp_path / "killed"
     cmd = [sys.executable, "-m", "fcnseg", "train", "--dataset", "shapes", "--data-dir",
@@ -127,12 +138,16 @@ def test_nan_loss_stops_and_keeps_last_good_checkpoint(data_dir, tmp_path, monke
     good = (out / "last.pt").read_bytes()
     calls = {"n": 0}
 
-    def bad_loss(logits, target, weight=None, ignore_index=255):
-        calls["n"] += 1
-        loss = segmentation_loss(logits, target, weight, ignore_index)
-        return loss * float("nan") if calls["n"] == 2 else loss
+    def bad_build_loss(name, weight=None, ignore_index=255):
+        good_loss = build_loss(name, weight, ignore_index)
 
-    monkeypatch.setattr(train_mod, "segmentation_loss", bad_loss)
+        def bad_loss(logits, target):
+            calls["n"] += 1
+            loss = good_loss(logits, target)
+            return loss * float("nan") if calls["n"] == 2 else loss
+        return bad_loss
+
+    monkeypatch.setattr(train_mod, "build_loss", bad_build_loss)
     with pytest.raises(FcnsegError, match="loss became nan.*last good checkpoint"):
         fit(_config(data_dir, out, epochs=2, checkpoint_every=1), resume=out / "last.pt")
     # One good step was checkpointed (iteration 1), the NaN step was not.

@@ -29,6 +29,7 @@ CHOICES: dict[str, tuple[str, ...]] = {
     "schedule": ("poly", "cosine", "constant"),
     "upsample_init": ("bilinear", "xavier"),
     "class_weights": ("none", "median-frequency"),
+    "loss": ("ce", "ce+lovasz"),
     "precision": ("auto", "fp32", "bf16", "fp16"),
 }
 
@@ -91,6 +92,8 @@ class TrainConfig:
     poly_power: float = 0.9
     warmup_iters: int = 100
     class_weights: str = "none"
+    loss: str = "ce"  # "ce+lovasz" adds the Lovasz-softmax IoU surrogate (losses.py)
+    boundary_weight: float = 0.0  # extra CE weight of pixels within 2 px of a label boundary
     max_steps: int = 0  # stop after this many optimizer steps in total (0: no limit)
     # augmentation
     crop: list[int] = field(default_factory=lambda: [320, 480])
@@ -159,6 +162,8 @@ class TrainConfig:
             raise FcnsegError(f"--log-every must be >= 1, got {self.log_every}")
         if not (self.lr > 0):
             raise FcnsegError(f"--lr must be > 0, got {self.lr}")
+        if not (self.boundary_weight >= 0):
+            raise FcnsegError(f"--boundary-weight must be >= 0, got {self.boundary_weight}")
         if self.weight_decay < 0 or not (0 <= self.momentum < 1):
             raise FcnsegError("--weight-decay must be >= 0 and --momentum in [0, 1)")
         if len(self.crop) != 2 or min(int(v) for v in self.crop) < 1:

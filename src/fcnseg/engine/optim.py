@@ -1,4 +1,4 @@
-"""Optimizer, learning-rate schedule, per-pixel loss and class weights."""
+"""Optimizer, learning-rate schedule and class weights (the losses are in losses.py)."""
 
 from __future__ import annotations
 
@@ -7,7 +7,6 @@ from typing import Any
 
 import numpy as np
 import torch
-import torch.nn.functional as F
 
 from .config import TrainConfig
 
@@ -51,25 +50,6 @@ def build_scheduler(optimizer: torch.optim.Optimizer, config: TrainConfig,
         return lr_factor(step, total_steps, config.schedule, config.warmup_iters,
                          config.poly_power)
     return torch.optim.lr_scheduler.LambdaLR(optimizer, factor)
-
-
-def segmentation_loss(logits: torch.Tensor, target: torch.Tensor,
-                      weight: torch.Tensor | None = None, ignore_index: int = 255) -> torch.Tensor:
-    """Per-pixel cross entropy over the class dimension of N x C x H x W logits, in fp32.
-
-    Equal to ``F.cross_entropy(..., reduction="mean")`` except that a batch whose pixels are
-    all ignored gives 0 instead of 0/0 = NaN (which would stop the run as a diverged loss).
-    """
-    logits = logits.float()
-    per_pixel = F.cross_entropy(logits, target, weight=weight, ignore_index=ignore_index,
-                                reduction="none")
-    valid = target != ignore_index
-    if weight is None:
-        denom = valid.sum()
-    else:
-        safe = torch.where(valid, target, torch.zeros_like(target))
-        denom = (weight[safe] * valid).sum()
-    return per_pixel.sum() / denom.clamp_min(1e-12).to(per_pixel.dtype)
 
 
 def median_frequency_weights(dataset: Any, num_classes: int, ignore_index: int = 255,

@@ -44,7 +44,8 @@ from .distributed import (
     unwrap,
 )
 from .loader import EpochBatchSampler, build_train_val_data
-from .optim import build_optimizer, build_scheduler, median_frequency_weights, segmentation_loss
+from .losses import build_loss
+from .optim import build_optimizer, build_scheduler, median_frequency_weights
 
 
 class DivergedError(FcnsegError):
@@ -193,8 +194,7 @@ def _fit(config: TrainConfig, resume: Any, info: DistInfo) -> dict[str, Any]:
     if config.class_weights == "median-frequency":
         weight = median_frequency_weights(train_ds.base, meta.num_classes, meta.ignore_index,
                                           len(train_ds)).to(device)
-    loss_fn = lambda logits, target: segmentation_loss(  # noqa: E731
-        logits, target, weight, meta.ignore_index)
+    loss_fn = build_loss(config.loss, weight, meta.ignore_index, config.boundary_weight)
 
     ctx: dict[str, Any] = {
         "device": device, "dtype": dtype, "info": info, "channels_last": config.channels_last,
