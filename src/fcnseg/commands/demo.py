@@ -21,8 +21,9 @@ from typing import Any
 # residual branches (it slowed learning too). No ImageNet weights: it must work offline.
 # Session 3: from scratch, ~80 % of the errors lie within 2 px of a shape's outline, so the
 # loss aims there: cross entropy + Lovasz-softmax (an IoU surrogate; 0.841 -> 0.860 mIoU after
-# 8 epochs) with boundary pixels weighted 5x (-> 0.878, with weight decay 0.05). NCHW, not
-# channels-last: at 96 px a step is ~1.17x faster in NCHW on this CPU.
+# 8 epochs) with boundary pixels weighted 5x (-> 0.878, with weight decay 0.05). 10 epochs:
+# 0.901 (9 gave 0.888), ~4 min 45 s on this 2-core CPU at its best speed, 6.5 min when busy.
+# NCHW, not channels-last: at 96 px a step was 1.05-1.18x faster in NCHW on this CPU.
 DEMO_SETTINGS: dict[str, Any] = {
     "dataset": "shapes", "model": "fcn8s", "backbone": "resnet18", "pretrained": False,
     "optimizer": "adamw", "lr": 2e-2, "weight_decay": 0.05, "schedule": "poly",
@@ -31,8 +32,8 @@ DEMO_SETTINGS: dict[str, Any] = {
     "channels_last": False,
 }
 DEMO_DATA = {"size": 1024, "image_size": 128}
-# How the demo predicts: each image averaged with its mirror image (+0.008-0.018 mIoU in the
-# search for ~2 s of the run); `fcnseg evaluate/predict --flip` do the same.
+# How the demo predicts: each image averaged with its mirror image (+0.007-0.018 mIoU in the
+# search, for a few seconds of the run); `fcnseg evaluate/predict --flip` do the same.
 DEMO_INFERENCE = {"flip": True}
 
 
