@@ -28,9 +28,10 @@ import fcnseg.data.shapes as shapes
 import fcnseg.engine.train as train_module
 import fcnseg.models as models
 from fcnseg.commands.demo import DEMO_SETTINGS
+from fcnseg.data import build_dataset
+from fcnseg.data.transforms import eval_transform
 from fcnseg.engine.config import resolve_config
 from fcnseg.engine.evaluate import evaluate
-from fcnseg.engine.loader import build_train_val_data
 from fcnseg.engine.train import fit
 
 OUT = Path(__file__).resolve().parent / "out" / "demo_recipe"
@@ -92,7 +93,9 @@ def main() -> None:
     result = fit(config)
     seconds = time.perf_counter() - start
     metrics = result["val_metrics"]
-    _, _, val = build_train_val_data(config)
+    # Only the validation split: rebuilding the training set would decode its images again.
+    val = build_dataset("shapes", config.data_dir, "val", **data_options)
+    val.transform = eval_transform(val.meta)
     flipped = evaluate(result["model"].eval(), val, torch.device("cpu"), flip=True,
                        progress=False).compute()
     history = [[row["epoch"], round(row["train_loss"], 4), round(row.get("val_miou", -1), 4)]
