@@ -52,6 +52,12 @@ def test_lovasz_softmax_matches_the_sorting_algorithm():
     assert ours.item() == pytest.approx(ref.item(), abs=1 / 4096)
     scale = ref_grad.abs().max()
     assert scale > 1e-4 and (grad - ref_grad).abs().max() < 0.02 * scale
+    # An ignore label that is also a class index: those pixels are ignored all the same.
+    relabelled = target.clone()
+    relabelled[relabelled == 0], relabelled[target == 255] = 3, 0
+    assert lovasz_softmax(logits, relabelled, ignore_index=0).item() == pytest.approx(
+        _reference_lovasz(logits, torch.where(relabelled == 0, 255, relabelled)).item(),
+        abs=1 / 4096)
 
 
 def test_lovasz_softmax_equals_1_minus_iou_for_confident_predictions():
@@ -101,6 +107,17 @@ def test_boundary_mask_and_boundary_weighted_cross_entropy():
     assert rows == list(range(2, 10))  # within 2 px of the square's outline, both sides
     assert not edge[0].any() and not edge[:, 11].any()
     assert edge[2, 2] and edge[5, 5]  # a diagonal neighbour counts; the 4 x 4 inside too
+    # The separable pooling finds what a square (2r + 1)^2 window finds, ignore label included.
+    labels = torch.randint(0, 4, (2, 20, 17))
+    labels[labels == 3] = 255
+    for radius in (1, 2, 3):
+        window = torch.nn.functional.unfold(labels[:, None].float(), 2 * radius + 1,
+                                            padding=radius)  # padded with 0: use edge values
+        inside = torch.nn.functional.unfold(torch.ones(2, 1, 20, 17), 2 * radius + 1,
+                                            padding=radius).bool()
+        high = window.masked_fill(~inside, -1).amax(1)
+        low = window.masked_fill(~inside, 1e9).amin(1)
+        assert torch.equal(boundary_mask(labels, radius), (high != low).view(2, 20, 17))
     logits = torch.randn(1, 3, 12, 12)
     ce = torch.nn.functional.cross_entropy(logits, target, reduction="none")
     pixel_weight = 1.0 + 4.0 * edge.float()[None]

@@ -88,10 +88,12 @@ def run(args: argparse.Namespace) -> int:
     dtype, _ = resolve_precision(device, config.precision)
     # fit() validated the last epoch on the same whole images in a single pass: keep that,
     # and score the demo's prediction mode, which averages each image with its mirror.
-    single = result["val_metrics"] or evaluate(model, val, device, dtype).compute()
+    batch = config.batch_size  # the validation images all have one size: batch them
+    single = result["val_metrics"] or evaluate(model, val, device, dtype,
+                                                batch_size=batch).compute()
     print(f"[3/4] evaluating on {len(val)} whole validation images, each averaged with its "
           "mirror image (test-time flip)")
-    metrics = evaluate(model, val, device, dtype, **DEMO_INFERENCE).compute()
+    metrics = evaluate(model, val, device, dtype, batch_size=batch, **DEMO_INFERENCE).compute()
     names = val.meta.class_names
     summary = {
         "miou": float(metrics["miou"]),
@@ -112,8 +114,8 @@ def run(args: argparse.Namespace) -> int:
     print("[4/4] drawing predictions")
     count = min(6, len(val))
     images, truths = zip(*(val.read_raw(i) for i in range(count)), strict=True)
-    batch = torch.stack([val[i][0] for i in range(count)]).to(device)
-    preds = predict_mask(model, batch, dtype=dtype, **DEMO_INFERENCE).cpu().numpy()
+    shown = torch.stack([val[i][0] for i in range(count)]).to(device)
+    preds = predict_mask(model, shown, dtype=dtype, **DEMO_INFERENCE).cpu().numpy()
     prediction_grid(list(images), list(preds), list(truths), meta=val.meta,
                     path=out / "predictions.png")
     (out / "curves.png").write_bytes((run_dir / "curves.png").read_bytes())
