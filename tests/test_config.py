@@ -21,6 +21,9 @@ def test_default_recipe_differs_from_d2l():
     c = resolve_config()
     assert c.recipe == "fcnseg" and c.model == "fcn8s" and c.schedule == "poly"
     assert c.scale[0] < c.scale[1]
+    assert (c.loss, c.boundary_weight) == ("ce+lovasz", 4.0)
+    d2l = resolve_config(recipe="d2l")
+    assert (d2l.loss, d2l.boundary_weight) == ("ce", 0.0)  # the chapter's plain cross entropy
     assert set(RECIPES) >= {"d2l", "fcnseg"}
 
 

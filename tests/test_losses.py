@@ -87,6 +87,8 @@ def test_lovasz_softmax_gradient_and_edge_cases():
     empty = lovasz_softmax(half, torch.full_like(target, 255))
     empty.backward()
     assert empty.item() == 0.0 and half.grad is not None
+    # Diverged (NaN) scores give a NaN loss, which the training loop reports, not a crash.
+    assert torch.isnan(lovasz_softmax(torch.full((1, 3, 4, 5), float("nan")), target))
 
 
 def test_build_loss():

@@ -43,9 +43,11 @@ def add_parser(subparsers: Any, help_text: str) -> None:
     o.add_argument("--schedule", help="poly, cosine or constant")
     o.add_argument("--warmup-iters", type=int, help="linear lr warm-up iterations")
     o.add_argument("--class-weights", help="none or median-frequency")
-    o.add_argument("--loss", help="ce (cross entropy) or ce+lovasz (+ Lovasz-softmax)")
+    o.add_argument("--loss", help="ce (cross entropy) or ce+lovasz (+ Lovasz-softmax; the "
+                                  "fcnseg recipe's default, d2l: ce)")
     o.add_argument("--boundary-weight", type=float,
-                   help="extra cross-entropy weight of pixels within 2 px of a label boundary")
+                   help="extra cross-entropy weight of pixels within 2 px of a label boundary "
+                        "(fcnseg recipe: 4, d2l: 0)")
     o.add_argument("--max-steps", type=int, help="stop after N optimizer steps (0: no limit)")
     a = p.add_argument_group("augmentation")
     a.add_argument("--crop", type=int, nargs=2, metavar=("H", "W"))

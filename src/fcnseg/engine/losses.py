@@ -106,6 +106,9 @@ def _lovasz_weights(errors: torch.Tensor, fg: torch.Tensor,
     stride = _BINS + 1  # per (class, fg/bg) row: the bins, then the ignored pixels' bin
     # int32 slots: half the memory traffic of int64 on these C x (pixels of the batch) maps.
     slot = errors.mul(1 - _BINS).add_(_BINS - 0.5).to(torch.int32)  # round((1 - e)(BINS - 1))
+    # NaN errors (a diverged model) become some int: keep it a valid bin, so that the loss
+    # comes out NaN and the training loop reports the divergence, instead of bincount failing.
+    slot.clamp_(0, _BINS - 1)
     if valid is not None:
         slot.masked_fill_(~valid, _BINS)
     slot.add_(fg.to(torch.int32), alpha=stride)  # bin 0 holds the largest errors
