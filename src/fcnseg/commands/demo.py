@@ -22,7 +22,9 @@ from typing import Any
 # Session 3: from scratch, ~80 % of the errors lie within 2 px of a shape's outline, so the
 # loss aims there: cross entropy + Lovasz-softmax (an IoU surrogate; 0.841 -> 0.860 mIoU after
 # 8 epochs) with boundary pixels weighted 5x (-> 0.878, with weight decay 0.05). 10 epochs:
-# 0.901 (9 gave 0.888), ~4 min 45 s on this 2-core CPU at its best speed, 6.5 min when busy.
+# 0.901 (9 gave 0.888): 4 min 56 s in all on this 2-core CPU when its shared host is quiet,
+# 6.5-7 min when busy. Session 4 found nothing that reaches 0.90 in 8 epochs (lr 3e-2, deep
+# supervision, 64 px crops first: 0.850-0.877 single pass).
 # NCHW, not channels-last: at 96 px a step was 1.05-1.18x faster in NCHW on this CPU.
 DEMO_SETTINGS: dict[str, Any] = {
     "dataset": "shapes", "model": "fcn8s", "backbone": "resnet18", "pretrained": False,

@@ -7,7 +7,9 @@ that cost IoU (shape boundaries, small classes) rather than on the easy bulk of 
 Weighting the cross entropy of the pixels near a label boundary aims at the same errors.
 Measured on the demo's synthetic data after the same 8 epochs (benchmarks/RESULTS.md): mIoU
 0.841 with cross entropy, 0.860 with + Lovász-softmax, 0.878 with boundary weight 4 as well
-(and weight decay 0.05, which alone added 0.004).
+(and weight decay 0.05, which alone added 0.004). On CamVid from scratch, under the same
+45-minute budget, both together gave val mIoU 0.589 against 0.552 for cross entropy alone:
+the ``fcnseg`` recipe's default since then.
 """
 
 from __future__ import annotations
