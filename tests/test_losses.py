@@ -109,12 +109,13 @@ def test_boundary_mask_and_boundary_weighted_cross_entropy():
     assert rows == list(range(2, 10))  # within 2 px of the square's outline, both sides
     assert not edge[0].any() and not edge[:, 11].any()
     assert edge[2, 2] and edge[5, 5]  # a diagonal neighbour counts; the 4 x 4 inside too
-    # The separable pooling finds what a square (2r + 1)^2 window finds, ignore label included.
+    # Dilating the neighbour label changes finds what a (2r + 1)^2 window of labels finds
+    # (max != min over the window, the image's border excluded), ignore label included.
     labels = torch.randint(0, 4, (2, 20, 17))
     labels[labels == 3] = 255
     for radius in (1, 2, 3):
         window = torch.nn.functional.unfold(labels[:, None].float(), 2 * radius + 1,
-                                            padding=radius)  # padded with 0: use edge values
+                                            padding=radius)  # zero padding: masked out
         inside = torch.nn.functional.unfold(torch.ones(2, 1, 20, 17), 2 * radius + 1,
                                             padding=radius).bool()
         high = window.masked_fill(~inside, -1).amax(1)
