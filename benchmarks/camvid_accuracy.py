@@ -52,12 +52,14 @@ def seconds_per_step(recipe: str, threads: int, steps: int = 4) -> tuple[float, 
     import torch
 
     from fcnseg import build_model
+    from fcnseg.allocator import keep_freed_memory
     from fcnseg.data import build_dataset
     from fcnseg.device import autocast, resolve_precision
     from fcnseg.engine.config import resolve_config
     from fcnseg.engine.losses import build_loss
 
     torch.set_num_threads(threads)
+    keep_freed_memory()  # as `fcnseg train` does, so that the step is timed as it will run
     config = resolve_config({"dataset": "camvid", "data_dir": str(CAMVID), "pretrained": False,
                              "out": "/tmp/unused", **OVERRIDES.get(recipe, {})},
                             recipe=RECIPES[recipe][1])

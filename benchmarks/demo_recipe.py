@@ -27,6 +27,7 @@ import torch
 import fcnseg.data.shapes as shapes
 import fcnseg.engine.train as train_module
 import fcnseg.models as models
+from fcnseg.allocator import keep_freed_memory
 from fcnseg.commands.demo import DEMO_SETTINGS
 from fcnseg.data import build_dataset
 from fcnseg.data.transforms import eval_transform
@@ -73,6 +74,7 @@ def main() -> None:
     p.add_argument("--radius", type=float, nargs=2, default=shapes.RADIUS)
     p.add_argument("--shapes-per-image", type=int, nargs=2, default=shapes.SHAPES_PER_IMAGE)
     args = p.parse_args()
+    keep_freed_memory()  # as the fcnseg command line does
     _patch(args)
 
     shapes.RADIUS, shapes.SHAPES_PER_IMAGE = tuple(args.radius), tuple(args.shapes_per_image)

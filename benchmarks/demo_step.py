@@ -16,6 +16,7 @@ from pathlib import Path
 
 import torch
 
+from fcnseg.allocator import keep_freed_memory
 from fcnseg.engine.losses import build_loss
 from fcnseg.models import build_model
 
@@ -52,6 +53,7 @@ def main() -> None:
     p.add_argument("--rounds", type=int, default=3)
     p.add_argument("--json", type=Path)
     args = p.parse_args()
+    keep_freed_memory()  # as the fcnseg command line does
     steppers = [_stepper(*c, args.batch_size, args.size) for c in CONFIGS]
     for step in steppers:
         for _ in range(3):

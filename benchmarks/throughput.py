@@ -3,11 +3,14 @@
 The chapter's network is rebuilt here exactly as the book writes it (ResNet-18 without its
 pooling and fc layers, a 1x1 conv, ``ConvTranspose2d(C, C, 64, padding=16, stride=32)``) and
 run as the book runs it: fp32, NCHW. fcnseg runs its default recipe (FCN-8s, channels-last,
-the precision ``resolve_precision("auto")`` picks for this machine). Every configuration runs
+the precision ``resolve_precision("auto")`` picks for this machine), with freed memory kept
+for reuse as the ``fcnseg`` command does (:mod:`fcnseg.allocator`); ``fcnseg-glibc`` is the
+same without that, to measure it. Every configuration runs
 in its own subprocess (so its peak RSS is its own), and the configurations alternate over
 several rounds so that a noisy, shared machine slows them alike; medians are reported.
 
     python benchmarks/throughput.py --json benchmarks/out/throughput.json
+    python benchmarks/throughput.py --configs fcnseg-glibc fcnseg --rounds 4   # the allocator
 """
 
 from __future__ import annotations
@@ -29,6 +32,7 @@ import torchvision
 from torch import nn
 
 NUM_CLASSES = 21  # VOC, as in the chapter
+CONFIGS = ("d2l", "fcnseg", "fcnseg-glibc", "fcnseg-bf16")  # the first one listed is the base
 SIZE = (320, 480)
 
 
@@ -53,9 +57,13 @@ def build(config: str) -> tuple[nn.Module, torch.dtype, bool]:
 
     if config == "d2l":
         return chapter_model(), torch.float32, False
+    if config != "fcnseg-glibc":  # what the fcnseg command line does; the chapter does not
+        from fcnseg.allocator import keep_freed_memory
+
+        keep_freed_memory()
     recipe = RECIPES[DEFAULT_RECIPE]
     model = build_model(recipe["model"], NUM_CLASSES, backbone=recipe["backbone"])
-    if config == "fcnseg":
+    if config in ("fcnseg", "fcnseg-glibc"):
         dtype, _ = resolve_precision(torch.device("cpu"), recipe["precision"])
     else:  # "fcnseg-bf16": bf16 forced, to show what it does on this CPU
         dtype = torch.bfloat16
@@ -153,6 +161,10 @@ def main() -> None:
     parser.add_argument("--batch", type=int, default=8)
     parser.add_argument("--steps", type=int, default=3)
     parser.add_argument("--quick", action="store_true", help="1 round, batch 2, 1 step")
+    parser.add_argument("--configs", nargs="+", choices=CONFIGS,
+                        help="default: all; the first is the base of the speed-up column")
+    parser.add_argument("--modes", nargs="+", choices=("train", "infer"),
+                        default=["train", "infer"])
     parser.add_argument("--worker", help=argparse.SUPPRESS)
     parser.add_argument("--mode", default="train", help=argparse.SUPPRESS)
     args = parser.parse_args()
@@ -164,12 +176,12 @@ def main() -> None:
 
     from fcnseg.device import cpu_has_fast_bf16, resolve_precision
 
-    configs = ["d2l", "fcnseg"]
-    if resolve_precision(torch.device("cpu"))[0] != torch.bfloat16:
-        configs.append("fcnseg-bf16")  # show why auto did not pick bf16 here
+    configs = args.configs or [c for c in CONFIGS if c != "fcnseg-bf16"
+                               or resolve_precision(torch.device("cpu"))[0] != torch.bfloat16]
+    # (fcnseg-bf16 shows why auto did not pick bf16 here; where auto picks it, it is fcnseg.)
     runs: dict[tuple[str, str], list[dict]] = {}
     for _ in range(args.rounds):
-        for mode in ("train", "infer"):
+        for mode in args.modes:
             for config in configs:
                 result = run_worker(config, mode, args.batch, args.steps)
                 runs.setdefault((config, mode), []).append(result)
@@ -189,14 +201,14 @@ def main() -> None:
             "fraction_of_fp32_peak": achieved / peaks["fp32"],
         })
     for row in rows:
-        base = next(r for r in rows if r["config"] == "d2l" and r["mode"] == row["mode"])
-        row["speedup_vs_d2l"] = row["images_per_s"] / base["images_per_s"]
+        base = next(r for r in rows if r["config"] == configs[0] and r["mode"] == row["mode"])
+        row[f"speedup_vs_{configs[0]}"] = row["images_per_s"] / base["images_per_s"]
 
-    print(f"{'config':<12} {'mode':<6} {'dtype':<9} {'img/s':>7} {'x d2l':>6} "
+    print(f"{'config':<12} {'mode':<6} {'dtype':<9} {'img/s':>7} {'x ' + configs[0]:>8} "
           f"{'GFLOP/img':>9} {'GFLOP/s':>8} {'%bf16pk':>8} {'%fp32pk':>8} {'RSS MiB':>8}")
     for r in rows:
         print(f"{r['config']:<12} {r['mode']:<6} {r['dtype']:<9} {r['images_per_s']:7.2f} "
-              f"{r['speedup_vs_d2l']:6.2f} {r['gflops_per_image']:9.1f} "
+              f"{r[f'speedup_vs_{configs[0]}']:8.2f} {r['gflops_per_image']:9.1f} "
               f"{r['achieved_gflops']:8.1f} {100 * r['fraction_of_bf16_peak']:7.0f}% "
               f"{100 * r['fraction_of_fp32_peak']:7.0f}% {r['peak_rss_mib']:8.0f}")
     print(f"matmul peak GFLOP/s: fp32 {peaks['fp32']:.0f}, bf16 {peaks['bf16']:.0f}; "

@@ -12,6 +12,7 @@ import importlib
 import sys
 
 from . import __version__
+from .allocator import keep_freed_memory
 from .errors import FcnsegError
 
 # Sub-command name -> module under fcnseg.commands. Imported lazily so that
@@ -43,6 +44,7 @@ def main(argv: list[str] | None = None) -> int:
     """Entry point of the ``fcnseg`` console script; returns the exit status."""
     parser = build_parser()
     args = parser.parse_args(argv)
+    keep_freed_memory()  # a process-wide malloc setting: the application's call, not the library's
     try:
         status = args.func(args)
     except FcnsegError as exc:
