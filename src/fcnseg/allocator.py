@@ -9,7 +9,7 @@ faults and 0.6-0.9 s of system time in a ~3 s step on the project's 2-core CPU
 or tcmalloc with ``LD_PRELOAD`` for this; glibc does the same in-process when told to serve
 large blocks from its heap (``M_MMAP_MAX = 0``) and to keep freed heap memory instead of
 returning it to the kernel (``M_TRIM_THRESHOLD``). The price: the process keeps its
-high-water mark of memory (peak RSS 7-23 % higher in the same measurement).
+high-water mark of memory (peak RSS ~20 % higher when training at 320 x 480).
 
 The ``fcnseg`` command line calls :func:`keep_freed_memory` once at start; the library does
 not change a process-wide setting on import. ``FCNSEG_MALLOC=system`` turns it off.
