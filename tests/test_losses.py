@@ -52,6 +52,7 @@ def test_lovasz_softmax_matches_the_sorting_algorithm():
     assert ours.item() == pytest.approx(ref.item(), abs=1 / 4096)
     scale = ref_grad.abs().max()
     assert scale > 1e-4 and (grad - ref_grad).abs().max() < 0.02 * scale
+    assert not grad.permute(0, 2, 3, 1)[target == 255].any()  # ignored: exactly no gradient
     # An ignore label that is also a class index: those pixels are ignored all the same.
     relabelled = target.clone()
     relabelled[relabelled == 0], relabelled[target == 255] = 3, 0

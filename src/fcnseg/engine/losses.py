@@ -158,8 +158,9 @@ def lovasz_softmax(logits: torch.Tensor, target: torch.Tensor,
     if not bool(present.any()):
         return logits.sum() * 0.0  # keeps the graph: backward() still works
     errors = (fg.to(probs.dtype) - probs).abs()
-    if valid is not None:
-        errors = errors * valid  # ignored pixels: no loss, no gradient
+    # Ignored pixels need no masking here: _lovasz_weights gives them a weight of exactly 0
+    # (they come after every foreground pixel, where the Jaccard loss is already 1), so they
+    # add no loss and get no gradient.
     with torch.no_grad():  # the weights depend on the order of the errors only
         weights = _lovasz_weights(errors.detach(), fg, valid)
     return (errors * weights).sum(dim=(0, 2))[present].mean()
