@@ -57,10 +57,6 @@ def build(config: str) -> tuple[nn.Module, torch.dtype, bool]:
 
     if config == "d2l":
         return chapter_model(), torch.float32, False
-    if config != "fcnseg-glibc":  # what the fcnseg command line does; the chapter does not
-        from fcnseg.allocator import keep_freed_memory
-
-        keep_freed_memory()
     recipe = RECIPES[DEFAULT_RECIPE]
     model = build_model(recipe["model"], NUM_CLASSES, backbone=recipe["backbone"])
     if config in ("fcnseg", "fcnseg-glibc"):
@@ -77,8 +73,11 @@ def logits_of(model: nn.Module, x: torch.Tensor) -> torch.Tensor:
 
 def measure(config: str, mode: str, batch: int, steps: int) -> dict:
     """Images per second of one configuration (runs in a worker subprocess)."""
+    from fcnseg.allocator import keep_freed_memory
     from fcnseg.device import autocast
 
+    if config not in ("d2l", "fcnseg-glibc"):  # what the fcnseg command line does
+        keep_freed_memory()
     torch.manual_seed(0)
     model, dtype, channels_last = build(config)
     memory_format = torch.channels_last if channels_last else torch.contiguous_format

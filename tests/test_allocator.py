@@ -49,7 +49,7 @@ def test_opt_out_leaves_malloc_alone():
     assert not applied
 
 
-def test_the_command_line_applies_it(monkeypatch, tmp_path, capsys):
+def test_the_command_line_applies_it(monkeypatch, tmp_path):
     calls = []
     monkeypatch.setattr(cli, "keep_freed_memory", lambda: calls.append(1))
     status = cli.main(["predict", "--checkpoint", str(tmp_path / "missing.pt"),

@@ -25,7 +25,8 @@ from typing import Any
 # 0.901 (9 gave 0.888): 4 min 56 s in all on this 2-core CPU when its shared host is quiet,
 # 6.5-7 min when busy. Session 4 found nothing that reaches 0.90 in 8 epochs (lr 3e-2, deep
 # supervision, 64 px crops first: 0.850-0.877 single pass).
-# NCHW, not channels-last: at 96 px a step was 1.05-1.18x faster in NCHW on this CPU.
+# NCHW, not channels-last: at 96 px a step was 1.05-1.18x faster in NCHW on this CPU
+# (session 5, with freed memory reused: 0.96-1.14x, within the noise).
 DEMO_SETTINGS: dict[str, Any] = {
     "dataset": "shapes", "model": "fcn8s", "backbone": "resnet18", "pretrained": False,
     "optimizer": "adamw", "lr": 2e-2, "weight_decay": 0.05, "schedule": "poly",
