@@ -8,6 +8,7 @@ import signal
 import subprocess
 import sys
 import time
+from pathlib import Path
 
 import pytest
 import torch
@@ -41,6 +42,12 @@ def _config(data_dir, out, **kw):
                 log_every=1)
     base.update(kw)
     return resolve_config(base)
+
+
+def _val_stems(data_dir):
+    from fcnseg.data import build_dataset
+
+    return [Path(f[0]).stem for f in build_dataset("shapes", data_dir, "val", **DATA).files]
 
 
 def _weights(path):
@@ -88,6 +95,14 @@ def test_short_run_learns_and_writes_outputs(data_dir, tmp_path):
     assert 0.0 < best_row["val_miou"] <= 1.0 and 0.0 < rows[-1]["val_pixel_accuracy"] <= 1.0
     for name in ("last.pt", "best.pt", "config.toml", "curves.png"):
         assert (out / name).is_file(), name
+    # A picture of the first val images at every validation (4 images: the default is 4).
+    shots = sorted(p.relative_to(out).as_posix() for p in (out / "val").rglob("*.png"))
+    assert shots == [f"val/epoch_{e:03d}/{i:04d}_{stem}.png" for e in range(1, 7)
+                     for i, stem in enumerate(_val_stems(data_dir))]
+    from PIL import Image
+
+    with Image.open(out / shots[-1]) as strip:  # image | truth | prediction, 4 px gaps
+        assert strip.size == (3 * 64 + 2 * 4, 64)
     model, meta, ck = model_from_checkpoint(out / "best.pt")
     assert ck["best_miou"] == pytest.approx(best_row["val_miou"])
     assert meta.num_classes == 5 and ck["config"]["epochs"] == 6
@@ -97,8 +112,10 @@ def test_short_run_learns_and_writes_outputs(data_dir, tmp_path):
 
 def test_loss_options_train_and_are_saved(data_dir, tmp_path):
     out = tmp_path / "lovasz"
-    result = fit(_config(data_dir, out, epochs=1, loss="ce+lovasz", boundary_weight=4.0))
+    result = fit(_config(data_dir, out, epochs=1, loss="ce+lovasz", boundary_weight=4.0,
+                         val_images=0))
     assert result["step"] == 4 and 0.0 < result["history"][0]["train_loss"] < 10.0
+    assert "val_miou" in result["history"][0] and not (out / "val").exists()
     saved = load_checkpoint(out / "last.pt")["config"]
     assert (saved["loss"], saved["boundary_weight"]) == ("ce+lovasz", 4.0)
     again = resolve_config(config_file=out / "config.toml")

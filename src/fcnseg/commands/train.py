@@ -67,6 +67,9 @@ def add_parser(subparsers: Any, help_text: str) -> None:
     r.add_argument("--log-every", type=int, help="progress refresh, iterations")
     r.add_argument("--checkpoint-every", type=int, help="also save last.pt every N iterations")
     r.add_argument("--val-every", type=int, help="validate every N epochs (0: never)")
+    r.add_argument("--val-images", type=int, metavar="N",
+                   help="at each validation, save image | truth | prediction strips of "
+                        "the first N val images in RUN_DIR/val/epoch_NNN (default 4)")
     p.set_defaults(func=run)
 
 

@@ -116,6 +116,7 @@ class TrainConfig:
     log_every: int = 10  # progress-bar refresh, iterations
     checkpoint_every: int = 0  # also write last.pt every N iterations (0: once per epoch)
     val_every: int = 1  # validate every N epochs (0: never; the last epoch always)
+    val_images: int = 4  # at each validation: image|truth|prediction PNGs of the first N
     recipe: str = DEFAULT_RECIPE
 
     def to_dict(self) -> dict[str, Any]:
@@ -156,7 +157,8 @@ class TrainConfig:
                 f"unknown recipe {self.recipe!r}: choose one of {', '.join(RECIPES)}"
             )
         for key in ("epochs", "batch_size", "workers", "warmup_iters", "max_steps",
-                    "checkpoint_every", "val_every", "limit_train", "limit_val"):
+                    "checkpoint_every", "val_every", "val_images", "limit_train",
+                    "limit_val"):
             low = 1 if key in ("epochs", "batch_size") else 0
             value = getattr(self, key)
             if not isinstance(value, int) or value < low:

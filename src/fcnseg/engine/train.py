@@ -259,8 +259,11 @@ def _fit(config: TrainConfig, resume: Any, info: DistInfo) -> dict[str, Any]:
         sync_buffers(unwrap(model), info)  # validate and save the very same model
         last = epoch + 1 == config.epochs or (config.max_steps and ctx["step"] >= config.max_steps)
         if val_ds is not None and ((epoch + 1) % config.val_every == 0 or last):
-            # Batched like training (equal sizes share a forward pass; others go one by one).
-            metrics = evaluate(unwrap(model), val_ds, device, dtype, batch_size=batch).compute()
+            # Batched like training (equal sizes share a forward pass; others go one by one);
+            # pytorch-fcn's habit: pictures of a few predictions at each validation.
+            shots = run_dir / "val" / f"epoch_{epoch + 1:03d}" if config.val_images else None
+            metrics = evaluate(unwrap(model), val_ds, device, dtype, batch_size=batch,
+                               save_predictions=shots, max_images=config.val_images).compute()
             row.update(val_pixel_accuracy=float(metrics["pixel_accuracy"]),
                        val_miou=float(metrics["miou"]))
         row["seconds"] = ctx["seconds"]
