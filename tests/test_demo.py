@@ -7,9 +7,9 @@ from PIL import Image
 
 from fcnseg.cli import main
 from fcnseg.data import build_dataset
-from fcnseg.data.transforms import eval_transform
 from fcnseg.engine.checkpoint import model_from_checkpoint
 from fcnseg.engine.evaluate import evaluate
+from fcnseg.inference import Predictor
 
 
 def test_demo_writes_metrics_figures_and_a_usable_checkpoint(tmp_path, capsys):
@@ -33,8 +33,8 @@ def test_demo_writes_metrics_figures_and_a_usable_checkpoint(tmp_path, capsys):
     assert abs(ckpt["history"][-1]["val_miou"] - metrics["single_pass"]["miou"]) < 1e-9
     # The headline figures are the flip-averaged predictions of that model.
     val = build_dataset("shapes", out / "data", "val", size=16, image_size=64, val_size=4)
-    val.transform = eval_transform(meta)
-    flipped = evaluate(model.eval(), val, "cpu", flip=True, progress=False).compute()
+    flipped = evaluate(Predictor.from_model(model.eval(), meta, flip=True), val,
+                       progress=False).compute()
     assert abs(float(flipped["miou"]) - metrics["miou"]) < 1e-9
     assert metrics["test_time_augmentation"].startswith("horizontal flip")
     image = np.asarray(Image.open(out / "data" / "JPEGImages" / "val_00000.png"))

@@ -8,7 +8,7 @@ from PIL import Image
 from torch import nn
 
 from fcnseg import build_model
-from fcnseg.inference import predict_logits, predict_mask
+from fcnseg.inference import Predictor, predict_logits, predict_mask
 
 
 class Pointwise(nn.Module):
@@ -210,7 +210,7 @@ def test_bf16_runs_and_returns_fp32_and_restores_training_mode():
 def test_bad_options_raise():
     model = Pointwise()
     image = torch.randn(1, 3, 16, 16)
-    with pytest.raises(ValueError, match="mode"):
+    with pytest.raises(KeyError, match="mode 'crop': choose one of pad, slide"):
         predict_logits(model, image, mode="crop")
     with pytest.raises(ValueError, match="stride"):
         predict_logits(model, image, mode="slide", tile=(8, 8), stride=(16, 16))
@@ -233,22 +233,25 @@ class ToySplit(torch.utils.data.Dataset):
         for h, w in ((20, 30), (17, 23), (20, 30)):
             mask = torch.randint(0, 3, (h, w), generator=g)
             mask[0] = 255
-            self.items.append((torch.randn(3, h, w, generator=g), mask))
+            image = torch.randint(0, 256, (h, w, 3), generator=g, dtype=torch.uint8)
+            self.items.append((image.numpy(), mask.numpy()))
         self.files = [(f"/x/img{i}.png", f"/x/m{i}.png") for i in range(3)]
 
     def __len__(self) -> int:
         return len(self.items)
 
-    def __getitem__(self, i):
+    def read_raw(self, i):
         return self.items[i]
 
 
 def _reference_matrix(model, ds) -> torch.Tensor:
+    from fcnseg.data.transforms import Normalize
     from fcnseg.metrics import ConfusionMatrix
 
     cm = ConfusionMatrix(3)
-    for image, mask in ds:
-        cm.update(predict_mask(model, image[None])[0], mask)
+    normalize = Normalize(ds.meta.mean, ds.meta.std)
+    for image, mask in ds.items:
+        cm.update(predict_mask(model, normalize.image(image)[None])[0], torch.from_numpy(mask))
     return cm.mat
 
 
@@ -257,7 +260,8 @@ def test_evaluate_counts_every_pixel_once_and_saves_pictures(tmp_path):
 
     model, ds = Pointwise(), ToySplit()
     model.train()
-    cm = evaluate(model, ds, "cpu", batch_size=3, progress=False,
+    predictor = Predictor.from_model(model, ds.meta)
+    cm = evaluate(predictor, ds, batch_size=3, progress=False,
                   save_predictions=tmp_path / "pred", max_images=2)
     assert torch.equal(cm.mat, _reference_matrix(model, ds))
     assert int(cm.mat.sum()) == 19 * 30 * 2 + 16 * 23
@@ -266,7 +270,8 @@ def test_evaluate_counts_every_pixel_once_and_saves_pictures(tmp_path):
     assert saved == ["0000_img0.png", "0001_img1.png"]
     # image | truth | prediction side by side, 4 px gaps
     assert Image.open(tmp_path / "pred" / saved[0]).size == (3 * 30 + 8, 20)
-    limited = evaluate(model, ds, "cpu", progress=False, limit=1, mode="slide", tile=(8, 8))
+    slide = predictor.with_options(mode="slide", tile=(8, 8))
+    limited = evaluate(slide, ds, progress=False, limit=1)
     assert int(limited.mat.sum()) == 19 * 30
 
 
@@ -278,7 +283,8 @@ def _rank_main(rank: int, world: int, init_file: str, out: str) -> None:
     dist.init_process_group("gloo", init_method=f"file://{init_file}", rank=rank,
                             world_size=world)
     try:
-        cm = evaluate(Pointwise(), ToySplit(), "cpu", progress=False)
+        ds = ToySplit()
+        cm = evaluate(Predictor.from_model(Pointwise(), ds.meta), ds, progress=False)
         torch.save(cm.mat, f"{out}.{rank}")
     finally:
         dist.destroy_process_group()

@@ -22,6 +22,7 @@ COMMANDS = {
     "train": "Train an FCN on VOC, CamVid, an image/mask folder or the synthetic data.",
     "evaluate": "Evaluate a checkpoint on whole images: pixel accuracy, mean IoU, per-class IoU.",
     "predict": "Predict masks for images of any size; write palette PNGs and overlays.",
+    "export": "Export a checkpoint to ONNX (fp32 or int8), checked against PyTorch.",
     "upsample": "Enlarge a photo with a bilinear-initialised transposed convolution.",
 }
 

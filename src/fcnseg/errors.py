@@ -25,6 +25,10 @@ class WeightsError(FcnsegError):
     """Backbone weights that are missing, corrupt or of the wrong architecture."""
 
 
+class OptionError(FcnsegError, ValueError):
+    """An option whose value is out of its range (a ValueError too, for library callers)."""
+
+
 class UnknownNameError(FcnsegError, KeyError):
     """An unknown registry name (model, backbone, data set...). A KeyError, as in
     segmentation_models_pytorch, whose message lists the valid names."""

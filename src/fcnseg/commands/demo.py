@@ -55,16 +55,13 @@ def add_parser(subparsers: Any, help_text: str) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    import torch
-
     from ..data import build_dataset
-    from ..data.transforms import eval_transform
     from ..device import resolve_precision
     from ..engine.config import resolve_config
     from ..engine.evaluate import evaluate
     from ..engine.train import fit
     from ..fileio import ensure_writable_dir
-    from ..inference import predict_mask
+    from ..inference import Predictor
     from ..viz import prediction_grid
 
     start = time.perf_counter()
@@ -76,7 +73,6 @@ def run(args: argparse.Namespace) -> int:
     print(f"[1/4] synthetic data: {args.size} training images of {args.image_size} px "
           f"in {data_dir}")
     val = build_dataset("shapes", data_dir, "val", **data_options)
-    val.transform = eval_transform(val.meta)
 
     print(f"[2/4] training FCN-8s (ResNet-18, from scratch) for {args.epochs} epochs")
     crop = [max(32, args.image_size * 3 // 4 // 32 * 32)] * 2  # 3/4 size, a multiple of 32
@@ -87,16 +83,16 @@ def run(args: argparse.Namespace) -> int:
     result = fit(config)
     model = result["model"].eval()
 
-    device = next(model.parameters()).device
-    dtype, _ = resolve_precision(device, config.precision)
+    dtype, _ = resolve_precision(next(model.parameters()).device, config.precision)
+    predictor = Predictor.from_model(model, val.meta, dtype, **DEMO_INFERENCE)
     # fit() validated the last epoch on the same whole images in a single pass: keep that,
     # and score the demo's prediction mode, which averages each image with its mirror.
     batch = config.batch_size  # the validation images all have one size: batch them
-    single = result["val_metrics"] or evaluate(model, val, device, dtype,
+    single = result["val_metrics"] or evaluate(predictor.with_options(flip=False), val,
                                                 batch_size=batch).compute()
     print(f"[3/4] evaluating on {len(val)} whole validation images, each averaged with its "
           "mirror image (test-time flip)")
-    metrics = evaluate(model, val, device, dtype, batch_size=batch, **DEMO_INFERENCE).compute()
+    metrics = evaluate(predictor, val, batch_size=batch).compute()
     names = val.meta.class_names
     summary = {
         "miou": float(metrics["miou"]),
@@ -117,9 +113,8 @@ def run(args: argparse.Namespace) -> int:
     print("[4/4] drawing predictions")
     count = min(6, len(val))
     images, truths = zip(*(val.read_raw(i) for i in range(count)), strict=True)
-    shown = torch.stack([val[i][0] for i in range(count)]).to(device)
-    preds = predict_mask(model, shown, dtype=dtype, **DEMO_INFERENCE).cpu().numpy()
-    prediction_grid(list(images), list(preds), list(truths), meta=val.meta,
+    preds = [p.argmax(0).numpy() for p in predictor.predict_many(images)]
+    prediction_grid(list(images), preds, list(truths), meta=val.meta,
                     path=out / "predictions.png")
     (out / "curves.png").write_bytes((run_dir / "curves.png").read_bytes())
 

@@ -1,8 +1,4 @@
-"""``fcnseg evaluate``: whole-image metrics of a checkpoint on a data set split.
-
-Also home of the inference options shared with ``fcnseg predict`` (mode, tiles, TTA,
-device, precision), so that both commands spell them the same way.
-"""
+"""``fcnseg evaluate``: whole-image metrics of a checkpoint or exported model on a split."""
 
 from __future__ import annotations
 
@@ -12,73 +8,15 @@ import sys
 from pathlib import Path
 from typing import Any
 
-DATASETS = ("voc", "camvid", "folder", "shapes")
-
-
-def add_inference_options(p: argparse.ArgumentParser) -> None:
-    """Options of whole-image inference, shared by ``evaluate`` and ``predict``."""
-    g = p.add_argument_group("inference")
-    g.add_argument("--mode", choices=("pad", "slide"), default="pad",
-                   help="pad: whole image padded to a multiple of 32 (exact, default); "
-                        "slide: overlapping tiles with averaged class scores")
-    g.add_argument("--tile", nargs=2, type=int, metavar=("H", "W"), default=(320, 480),
-                   help="tile size for --mode slide (default: 320 480, the chapter's crop)")
-    g.add_argument("--stride", nargs=2, type=int, metavar=("H", "W"), default=None,
-                   help="tile stride for --mode slide (default: 2/3 of the tile)")
-    g.add_argument("--tile-batch", type=int, default=4, metavar="N",
-                   help="tiles per forward pass in --mode slide (default: 4)")
-    g.add_argument("--flip", action="store_true",
-                   help="test-time augmentation: average with the mirrored image")
-    g.add_argument("--scales", nargs="+", type=float, default=[1.0], metavar="S",
-                   help="test-time augmentation: average over these scales (e.g. 0.75 1 1.25)")
-    g.add_argument("--batch-size", type=int, default=1, metavar="N",
-                   help="whole images per forward pass (equal sizes are batched; default 1)")
-    g.add_argument("--device", default="auto", help="auto, cpu, cuda or cuda:N (default: auto)")
-    g.add_argument("--precision", choices=("auto", "fp32", "bf16", "fp16"), default="auto",
-                   help="auto: bf16 on CUDA and on CPUs with AMX/AVX512-BF16, else fp32")
-
-
-def inference_kwargs(args: argparse.Namespace) -> dict[str, Any]:
-    """The :func:`fcnseg.inference.predict_logits` options given on the command line."""
-    from ..errors import FcnsegError
-
-    if args.tile_batch < 1 or args.batch_size < 1:
-        raise FcnsegError("--tile-batch and --batch-size must be at least 1")
-    if min(args.tile) < 1 or (args.stride is not None and min(args.stride) < 1):
-        raise FcnsegError(f"--tile {args.tile} and --stride {args.stride} must be positive")
-    if args.stride is not None and (args.stride[0] > args.tile[0] or args.stride[1] > args.tile[1]):
-        raise FcnsegError(f"--stride {args.stride} is larger than --tile {args.tile}: "
-                          "pixels between tiles would get no prediction; use a smaller stride")
-    if min(args.scales) <= 0:
-        raise FcnsegError(f"--scales {args.scales} must all be positive, e.g. 0.75 1 1.25")
-    return {"mode": args.mode, "tile": tuple(args.tile),
-            "stride": tuple(args.stride) if args.stride else None,
-            "tile_batch": args.tile_batch, "flip": args.flip, "scales": tuple(args.scales)}
-
-
-def load_for_inference(args: argparse.Namespace) -> tuple[Any, Any, dict, Any, Any]:
-    """``(model, meta, checkpoint, device, dtype)`` from ``--checkpoint``, ``--device``..."""
-    import torch
-
-    from ..device import resolve_precision, select_device
-    from ..engine.checkpoint import model_from_checkpoint
-    from ..models.fusion import fold_batchnorm
-
-    device = select_device(args.device)
-    dtype, reason = resolve_precision(device, args.precision)
-    model, meta, checkpoint = model_from_checkpoint(args.checkpoint, device)
-    # BatchNorm folded into the convs (same outputs, ~5 % faster); channels-last is the
-    # fast layout for convolutions on CPUs (oneDNN) and tensor cores.
-    model = fold_batchnorm(model).to(memory_format=torch.channels_last)
-    print(f"fcnseg: {args.checkpoint}: {meta.num_classes} classes ({meta.name}); "
-          f"device {device}, {reason}", file=sys.stderr)
-    return model, meta, checkpoint, device, dtype
+from ..data import DATASETS
+from .options import add_inference_options, load_predictor, parse_data_options
 
 
 def add_parser(subparsers: Any, help_text: str) -> None:
     p = subparsers.add_parser("evaluate", help=help_text, description=help_text)
-    p.add_argument("--checkpoint", required=True, metavar="CKPT", help="a best.pt / last.pt")
-    p.add_argument("--dataset", required=True, choices=DATASETS)
+    p.add_argument("--checkpoint", required=True, metavar="MODEL",
+                   help="a best.pt / last.pt, or an exported model.onnx")
+    p.add_argument("--dataset", required=True, choices=list(DATASETS))
     p.add_argument("--data-dir", default=None, metavar="DIR",
                    help="data set root (e.g. ../shared/data/camvid; default: the one the "
                         "checkpoint was trained on, for the same --dataset)")
@@ -118,16 +56,14 @@ def check_classes(ckpt_meta: Any, data_meta: Any, checkpoint: str, dataset: str)
                           f"{detail}; evaluate it on the data set it was trained for")
 
 
-def data_source(args: argparse.Namespace, checkpoint: dict) -> tuple[str, dict[str, Any]]:
+def data_source(args: argparse.Namespace, config: dict) -> tuple[str, dict[str, Any]]:
     """The data root and build_dataset options: the command line's, else the checkpoint's.
 
     A checkpoint remembers where (and with which options, e.g. the synthetic shapes' size)
     its data set was read; they are reused when ``--dataset`` is that same data set.
     """
     from ..errors import FcnsegError
-    from .options import parse_data_options
 
-    config = checkpoint.get("config") or {}
     same = config.get("dataset") == args.dataset
     options: dict[str, Any] = dict(config.get("data_options") or {}) if same else {}
     options.update(parse_data_options(args.data_option))
@@ -175,37 +111,35 @@ def run(args: argparse.Namespace) -> int:
     import json
 
     from ..data import build_dataset
-    from ..data.transforms import eval_transform
     from ..engine.evaluate import evaluate
     from ..errors import FcnsegError
     from ..fileio import atomic_write, ensure_writable_dir
     from ..viz import confusion_matrix_figure
 
-    options = inference_kwargs(args)
     if args.limit is not None and args.limit < 1:
         raise FcnsegError(f"--limit {args.limit} must be at least 1")
     # Check every output location before spending minutes on the evaluation.
     for out in (args.json, args.confusion):
         if out is not None:
             ensure_writable_dir(Path(out).parent)
-    model, meta, checkpoint, device, dtype = load_for_inference(args)
-    root, data_options = data_source(args, checkpoint)
-    # Normalise with the checkpoint's mean/std: those the model was trained with.
-    dataset = build_dataset(args.dataset, root, args.split, transform=eval_transform(meta),
-                            **data_options)
+    predictor = load_predictor(args)
+    meta = predictor.meta
+    print(f"fcnseg: {args.checkpoint}: {meta.num_classes} classes ({meta.name}); "
+          f"{predictor.reason}", file=sys.stderr)
+    root, data_options = data_source(args, predictor.info["config"])
+    dataset = build_dataset(args.dataset, root, args.split, **data_options)
     check_classes(meta, dataset.meta, args.checkpoint, args.dataset)
     num_images = len(dataset) if args.limit is None else min(args.limit, len(dataset))
     print(f"fcnseg: evaluating {num_images} {args.split} images of {args.dataset}",
           file=sys.stderr)
-    cm = evaluate(model, dataset, device, dtype=dtype, batch_size=args.batch_size,
+    cm = evaluate(predictor, dataset, batch_size=args.batch_size,
                   progress=not args.no_progress, save_predictions=args.save_predictions,
-                  max_images=args.max_images, limit=args.limit, num_workers=args.workers,
-                  **options)
+                  max_images=args.max_images, limit=args.limit, num_workers=args.workers)
     result = cm.compute()
     report = metrics_report(result, meta.class_names, checkpoint=str(args.checkpoint),
                             dataset=args.dataset, split=args.split, num_images=num_images,
                             mode=args.mode, flip=args.flip, scales=list(args.scales),
-                            precision=str(dtype).replace("torch.", ""))
+                            runtime=predictor.runtime, precision=predictor.precision)
     print(format_table(report))
     if args.json is not None:
         text = json.dumps(report, indent=2, allow_nan=False) + "\n"

@@ -2,9 +2,50 @@
 
 from __future__ import annotations
 
+import argparse
 from typing import Any
 
 from ..errors import FcnsegError
+from ..inference import DEFAULT_TILE, MODES, RUNTIMES, Predictor
+from ..inference.runtimes import PRECISIONS
+
+
+def add_inference_options(p: argparse.ArgumentParser) -> None:
+    """Options of whole-image inference, shared by ``evaluate``, ``predict`` and ``serve``."""
+    g = p.add_argument_group("inference")
+    g.add_argument("--runtime", choices=("auto",) + RUNTIMES, default="auto",
+                   help="auto: torch for a .pt checkpoint, onnxruntime for an .onnx export, "
+                        "openvino for an OpenVINO .xml (default: auto)")
+    g.add_argument("--mode", choices=MODES, default="pad",
+                   help="pad: whole image padded to a multiple of 32 (exact, default); "
+                        "slide: overlapping tiles with averaged class scores")
+    g.add_argument("--tile", nargs=2, type=int, metavar=("H", "W"), default=DEFAULT_TILE,
+                   help="tile size for --mode slide (default: 320 480, the chapter's crop)")
+    g.add_argument("--stride", nargs=2, type=int, metavar=("H", "W"), default=None,
+                   help="tile stride for --mode slide (default: 2/3 of the tile)")
+    g.add_argument("--tile-batch", type=int, default=4, metavar="N",
+                   help="tiles per forward pass in --mode slide (default: 4)")
+    g.add_argument("--flip", action="store_true",
+                   help="test-time augmentation: average with the mirrored image")
+    g.add_argument("--scales", nargs="+", type=float, default=[1.0], metavar="S",
+                   help="test-time augmentation: average over these scales (e.g. 0.75 1 1.25)")
+    g.add_argument("--batch-size", type=int, default=1, metavar="N",
+                   help="whole images per forward pass (equal sizes are batched; default 1)")
+    g.add_argument("--device", default="auto", help="auto, cpu, cuda or cuda:N (default: auto)")
+    g.add_argument("--precision", choices=PRECISIONS, default="auto",
+                   help="auto: bf16 on CUDA and on CPUs with AMX/AVX512-BF16, else fp32; "
+                        "an exported model's own precision (int8 if exported so)")
+
+
+def load_predictor(args: argparse.Namespace) -> Predictor:
+    """The :class:`Predictor` of ``--checkpoint`` with the inference options given."""
+    if args.batch_size < 1:
+        raise FcnsegError(f"--batch-size {args.batch_size} must be at least 1")
+    return Predictor.from_file(args.checkpoint, runtime=args.runtime, device=args.device,
+                               precision=args.precision, mode=args.mode, tile=tuple(args.tile),
+                               stride=tuple(args.stride) if args.stride else None,
+                               tile_batch=args.tile_batch, flip=args.flip,
+                               scales=tuple(args.scales))
 
 
 def parse_data_options(items: list[str] | None) -> dict[str, Any]:

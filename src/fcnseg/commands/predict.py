@@ -1,21 +1,22 @@
-"""``fcnseg predict``: palette-PNG masks and overlays for images of any size.
+"""``fcnseg predict``: palette-PNG masks and overlays for images of any size, any number.
 
 For each input ``DIR/<stem>.png`` holds the class indices (a VOC-style palette PNG of
 exactly the input's size), ``DIR/<stem>_overlay.png`` the image with the colour mask
 blended in, and with ``--probs`` ``DIR/<stem>_probs.npy`` the class probabilities
 (C x H x W, float16). A file that cannot be read is reported and skipped; the exit status
-is then 1. Every file is written atomically.
+is then 1 (2 when nothing could be predicted). Every file is written atomically; under
+``torchrun`` each process predicts its own share of the inputs.
 """
 
 from __future__ import annotations
 
 import argparse
-import glob
 import sys
+import time
 from pathlib import Path
 from typing import Any
 
-from .evaluate import add_inference_options, inference_kwargs, load_for_inference
+from .options import add_inference_options, load_predictor
 
 MASK_SUFFIXES = (".png", ".bmp", ".tif", ".tiff", ".gif")
 
@@ -23,11 +24,18 @@ MASK_SUFFIXES = (".png", ".bmp", ".tif", ".tiff", ".gif")
 def add_parser(subparsers: Any, help_text: str) -> None:
     p = subparsers.add_parser("predict", help=help_text, description=help_text)
     p.add_argument("inputs", nargs="+", metavar="INPUT", help="image files, folders or globs")
-    p.add_argument("--checkpoint", required=True, metavar="CKPT", help="a best.pt / last.pt")
+    p.add_argument("--checkpoint", required=True, metavar="MODEL",
+                   help="a best.pt / last.pt, or an exported model.onnx")
     p.add_argument("--out", required=True, metavar="DIR", help="output folder")
     p.add_argument("--alpha", type=float, default=0.5, help="overlay opacity (default 0.5)")
     p.add_argument("--probs", action="store_true",
                    help="also write <stem>_probs.npy: class probabilities, float16 C x H x W")
+    p.add_argument("--skip-existing", action="store_true",
+                   help="skip inputs whose outputs are all in --out already (resume a job)")
+    p.add_argument("--threads", type=int, default=2, metavar="N",
+                   help="threads decoding and encoding images beside the model (default 2)")
+    p.add_argument("--no-progress", action="store_true",
+                   help="no progress bar; print a line per image instead")
     p.add_argument("--grid", default=None, metavar="FIG.png",
                    help="write the chapter's figure (image / prediction / truth rows)")
     p.add_argument("--grid-max", type=int, default=6, metavar="N",
@@ -38,60 +46,21 @@ def add_parser(subparsers: Any, help_text: str) -> None:
     p.set_defaults(func=run)
 
 
-def collect_inputs(patterns: list[str]) -> tuple[list[Path], list[tuple[str, str]]]:
-    """Expand files, folders (their images) and globs; returns ``(files, failures)``."""
-    from ..data.io import IMAGE_EXTENSIONS
-
-    files: list[Path] = []
-    failures: list[tuple[str, str]] = []
-    for pattern in patterns:
-        path = Path(pattern)
-        if path.is_dir():
-            found = sorted(f for f in path.iterdir()
-                           if f.is_file() and f.suffix.lower() in IMAGE_EXTENSIONS)
-            if not found:
-                failures.append((pattern, "folder has no images"))
-            files.extend(found)
-        elif path.exists():
-            files.append(path)
-        elif glob.has_magic(pattern):
-            found = sorted(Path(f) for f in glob.glob(pattern) if Path(f).is_file())
-            if not found:
-                failures.append((pattern, "no file matches this pattern"))
-            files.extend(found)
-        else:
-            failures.append((pattern, "file not found"))
-    unique = list(dict.fromkeys(f.resolve() for f in files))  # a file named twice: once
-    return unique, failures
-
-
-def output_names(files: list[Path], probs: bool) -> dict[Path, list[str]]:
-    """The output file names of each input; two inputs writing one name is an error."""
-    from ..errors import FcnsegError
-
-    names: dict[Path, list[str]] = {}
-    owner: dict[str, Path] = {}
-    for f in files:
-        mine = [f"{f.stem}.png", f"{f.stem}_overlay.png"] + ([f"{f.stem}_probs.npy"] * probs)
-        for name in mine:
-            if name in owner:
-                raise FcnsegError(f"{owner[name]} and {f} would both write {name}: "
-                                  "rename one or predict them into different --out folders")
-            owner[name] = f
-        names[f] = mine
-    return names
-
-
 def _truth(masks_dir: Path, stem: str, shape: tuple[int, int], meta: Any) -> Any:
     """The ground-truth mask of ``stem`` (labels outside the classes -> ignore), or None."""
     import numpy as np
 
     from ..data.io import read_mask
+    from ..errors import FcnsegError
 
     for suffix in MASK_SUFFIXES:
         path = masks_dir / f"{stem}{suffix}"
         if path.is_file():
-            mask = read_mask(path)
+            try:
+                mask = read_mask(path)
+            except FcnsegError as exc:
+                print(f"fcnseg: warning: {exc}: not shown", file=sys.stderr)
+                return None
             if mask.shape != shape:
                 print(f"fcnseg: warning: {path} is {mask.shape}, the image {shape}: not shown",
                       file=sys.stderr)
@@ -102,25 +71,18 @@ def _truth(masks_dir: Path, stem: str, shape: tuple[int, int], meta: Any) -> Any
 
 
 def run(args: argparse.Namespace) -> int:
-    import numpy as np
-    import torch
-    from PIL import Image
+    from tqdm import tqdm
 
-    from ..data.io import read_image
-    from ..data.transforms import Normalize
+    from ..engine.distributed import rank_and_world
     from ..errors import FcnsegError
-    from ..fileio import atomic_write, ensure_writable_dir
-    from ..inference import predict_logits
-    from ..viz import (
-        overlay,
-        prediction_grid,
-        save_image,
-        save_palette_png,
-    )
+    from ..fileio import ensure_writable_dir
+    from ..inference.batch import collect_inputs, predict_files
+    from ..viz import prediction_grid
 
-    options = inference_kwargs(args)
     if not 0.0 <= args.alpha <= 1.0:
         raise FcnsegError(f"--alpha {args.alpha} must be between 0 and 1")
+    if args.threads < 1:
+        raise FcnsegError(f"--threads {args.threads} must be at least 1")
     # Fail on an unwritable output before loading anything.
     out = ensure_writable_dir(args.out)
     if args.grid is not None:
@@ -128,50 +90,45 @@ def run(args: argparse.Namespace) -> int:
     if args.masks is not None and not Path(args.masks).is_dir():
         raise FcnsegError(f"--masks {args.masks} is not a folder of ground-truth masks")
     files, failures = collect_inputs(args.inputs)
-    names = output_names(files, args.probs)
-    for pattern, why in failures:
+    rank, world = rank_and_world(env=True)
+    for pattern, why in failures if rank == 0 else ():
         print(f"fcnseg: skipped {pattern}: {why}", file=sys.stderr)
-    failed = len(failures)
-    model, meta, _, _, dtype = load_for_inference(args)
-    normalize = Normalize(meta.mean, meta.std)
+    predictor = load_predictor(args)
+    who = f"rank {rank}/{world}: " if world > 1 else ""
+    mine = len(range(rank, len(files), world))
+    print(f"fcnseg: {who}{mine} of {len(files)} images with {args.checkpoint} "
+          f"({predictor.meta.num_classes} classes; {predictor.reason})", file=sys.stderr)
+    counts = {"written": 0, "skipped": 0, "failed": len(failures) if rank == 0 else 0}
     grid: list[tuple[Any, Any, Any]] = []
-    written = 0
-    for start in range(0, len(files), args.batch_size):
-        batch: list[tuple[Path, np.ndarray]] = []
-        for f in files[start:start + args.batch_size]:
-            try:
-                batch.append((f, read_image(f)))
-            except (FcnsegError, Image.DecompressionBombError) as exc:
-                msg = str(exc) if str(exc).startswith(str(f)) else f"{f}: {exc}"
-                print(f"fcnseg: skipped {msg}", file=sys.stderr)
-                failed += 1
-        if not batch:
-            continue
-        tensors = [normalize.image(img) for _, img in batch]
-        probs = predict_logits(model, tensors, dtype=dtype, **options)
-        for (f, img), p in zip(batch, probs, strict=True):
-            mask = p.argmax(0).to(torch.uint8).cpu().numpy()
-            mask_name, overlay_name, *rest = names[f]
-            save_palette_png(mask, meta.palette, out / mask_name)
-            save_image(overlay(img, mask, meta.palette, args.alpha, meta.ignore_index),
-                       out / overlay_name)
-            if args.probs:
-                arr = p.cpu().numpy().astype(np.float16)
-                atomic_write(out / rest[0], lambda fh, a=arr: np.save(fh, a))
-            written += 1
-            print(f"{f} -> {out / mask_name} ({img.shape[0]} x {img.shape[1]})")
+    start = time.perf_counter()
+    bar = tqdm(total=mine, unit="img", disable=args.no_progress or None, dynamic_ncols=True)
+    say = print if args.no_progress else tqdm.write
+    for o in predict_files(predictor, files, out, alpha=args.alpha, probs=args.probs,
+                           skip_existing=args.skip_existing, batch_size=args.batch_size,
+                           threads=args.threads, rank=rank, world=world):
+        counts[o.status] += 1
+        bar.update(1)
+        if o.status == "failed":
+            print(f"fcnseg: skipped {o.message}", file=sys.stderr)
+        elif o.status == "written":
+            if args.no_progress:
+                say(f"{o.path} -> {out / (o.path.stem + '.png')} "
+                    f"({o.mask.shape[0]} x {o.mask.shape[1]})")
             if args.grid is not None and len(grid) < args.grid_max:
-                truth = None
-                if args.masks is not None:
-                    truth = _truth(Path(args.masks), f.stem, mask.shape, meta)
-                grid.append((img, mask, truth))
+                truth = None if args.masks is None else \
+                    _truth(Path(args.masks), o.path.stem, o.mask.shape, predictor.meta)
+                grid.append((o.image, o.mask, truth))
+    bar.close()
     if args.grid is not None and grid:
         truths = [t for _, _, t in grid]
         if any(t is None for t in truths):
             truths = None  # the truth row needs every image's mask
-        prediction_grid([g[0] for g in grid], [g[1] for g in grid], truths, meta=meta,
-                        path=args.grid)
+        prediction_grid([g[0] for g in grid], [g[1] for g in grid], truths,
+                        meta=predictor.meta, path=args.grid)
         print(f"fcnseg: wrote {args.grid}", file=sys.stderr)
-    total = written + failed
-    print(f"fcnseg: predicted {written} of {total} inputs; {failed} failed", file=sys.stderr)
-    return 1 if failed else 0
+    rate = f"{counts['written'] / max(time.perf_counter() - start, 1e-9):.1f} img/s"
+    print(f"fcnseg: {who}predicted {counts['written']}, skipped {counts['skipped']} existing, "
+          f"{counts['failed']} failed ({rate})", file=sys.stderr)
+    if counts["failed"] and not counts["written"] and not counts["skipped"]:
+        return 2  # nothing could be predicted: a user error, as the README promises
+    return 1 if counts["failed"] else 0

@@ -41,6 +41,9 @@ def _open(path: str | Path) -> Image.Image:
         img.load()  # decode now so that truncated / corrupt data fails here, naming the file
     except UnidentifiedImageError as exc:
         raise DataError(f"{path}: not an image or corrupt (re-export or remove it)") from exc
+    except Image.DecompressionBombError as exc:  # a header claiming billions of pixels
+        raise DataError(f"{path}: too large to decode safely ({exc}); "
+                        "resize it or split it into tiles") from exc
     except PermissionError as exc:
         raise DataError(f"{path}: permission denied (make it readable)") from exc
     except (OSError, SyntaxError, ValueError) as exc:

@@ -63,6 +63,16 @@ def setup_distributed(device_name: str = "auto") -> DistInfo:
     return DistInfo(rank, world_size, local_rank, device)
 
 
+def rank_and_world(env: bool = False) -> tuple[int, int]:
+    """``(rank, world_size)`` of the joined process group; without one, torchrun's
+    environment when ``env`` (work split by rank that needs no communication), else (0, 1)."""
+    if dist.is_available() and dist.is_initialized():
+        return dist.get_rank(), dist.get_world_size()
+    if env:
+        return int(os.environ.get("RANK", "0")), int(os.environ.get("WORLD_SIZE", "1"))
+    return 0, 1
+
+
 def cleanup_distributed() -> None:
     """Leave the process group (no-op for a world of one)."""
     if dist.is_available() and dist.is_initialized():

@@ -13,10 +13,25 @@ from typing import Any
 
 import numpy as np
 import torch
-from torch.utils.data import DataLoader, Dataset, Subset
+from torch.utils.data import DataLoader, Dataset
 
-from ..inference import predict_logits
+from ..inference import Predictor
 from ..metrics import ConfusionMatrix
+from .distributed import rank_and_world
+
+
+class _RawImages(Dataset):
+    """``(uint8 H x W x 3 image, int64 H x W mask)`` of chosen items: the Predictor
+    normalises as its model was trained to, whatever transform the data set carries."""
+
+    def __init__(self, dataset: Any, indices: list[int]) -> None:
+        self.dataset, self.indices = dataset, indices
+
+    def __len__(self) -> int:
+        return len(self.indices)
+
+    def __getitem__(self, i: int) -> tuple[np.ndarray, np.ndarray]:
+        return self.dataset.read_raw(self.indices[i])
 
 
 def _as_list(batch: list) -> list:
@@ -24,37 +39,24 @@ def _as_list(batch: list) -> list:
     return batch
 
 
-def _rank_and_world() -> tuple[int, int]:
-    import torch.distributed as dist
+def evaluate(predictor: Predictor, dataset: Any, batch_size: int = 1, progress: bool = True,
+             save_predictions: str | Path | None = None, max_images: int = 4,
+             limit: int | None = None, num_workers: int = 0) -> ConfusionMatrix:
+    """Evaluate ``predictor`` on the whole images of ``dataset`` (its ``read_raw(i)``).
 
-    if dist.is_available() and dist.is_initialized():
-        return dist.get_rank(), dist.get_world_size()
-    return 0, 1
-
-
-def evaluate(model: torch.nn.Module, dataset: Dataset, device: torch.device | str,
-             dtype: torch.dtype = torch.float32, mode: str = "pad", batch_size: int = 1,
-             progress: bool = True, save_predictions: str | Path | None = None,
-             max_images: int = 4, limit: int | None = None, num_workers: int = 0,
-             **inference_options: Any) -> ConfusionMatrix:
-    """Evaluate ``model`` on the whole, eval-transformed images of ``dataset``.
-
-    ``dataset[i]`` is ``(normalised 3 x H x W image, int64 H x W mask)`` and
-    ``dataset.meta`` gives the classes. ``batch_size`` images are predicted together (equal
-    sizes in one forward). ``inference_options`` go to :func:`predict_logits` (``tile``,
-    ``stride``, ``tile_batch``, ``flip``, ``scales``). ``limit`` evaluates the first
-    ``limit`` images only. With ``save_predictions=DIR`` the first ``max_images`` images of
-    rank 0 are written as ``DIR/NNNN_<stem>.png`` strips: image | truth | prediction.
+    ``batch_size`` images are predicted together (equal sizes in one forward), with the
+    predictor's inference options. ``limit`` evaluates the first ``limit`` images only.
+    With ``save_predictions=DIR`` the first ``max_images`` images of rank 0 are written as
+    ``DIR/NNNN_<stem>.png`` strips: image | truth | prediction.
     """
-    meta = dataset.meta  # type: ignore[attr-defined]
-    device = torch.device(device)
+    meta = predictor.meta
     cm = ConfusionMatrix(meta.num_classes, meta.ignore_index)
-    rank, world = _rank_and_world()
-    indices = list(range(len(dataset)))  # type: ignore[arg-type]
+    rank, world = rank_and_world()
+    indices = list(range(len(dataset)))
     if limit is not None:
         indices = indices[:limit]
     indices = indices[rank::world]
-    loader = DataLoader(Subset(dataset, indices), batch_size=batch_size, shuffle=False,
+    loader = DataLoader(_RawImages(dataset, indices), batch_size=batch_size, shuffle=False,
                         num_workers=num_workers, collate_fn=_as_list)
     saved = 0
     save_dir = None
@@ -69,11 +71,10 @@ def evaluate(model: torch.nn.Module, dataset: Dataset, device: torch.device | st
         batches = tqdm(loader, desc="evaluate", unit="batch", leave=False)
     position = 0
     for batch in batches:
-        images = [img for img, _ in batch]
-        probs = predict_logits(model, images, mode=mode, dtype=dtype, **inference_options)
+        probs = predictor.predict_many([image for image, _ in batch])
         for (image, target), p in zip(batch, probs, strict=True):
             pred = p.argmax(0)
-            cm.update(pred, target.to(pred.device))
+            cm.update(pred, torch.from_numpy(target).to(pred.device))
             if save_dir is not None and saved < max_images:
                 _save_strip(save_dir, dataset, indices[position], image, target, pred, meta)
                 saved += 1
@@ -82,15 +83,14 @@ def evaluate(model: torch.nn.Module, dataset: Dataset, device: torch.device | st
     return cm
 
 
-def _save_strip(folder: Path, dataset: Any, index: int, image: torch.Tensor,
-                target: torch.Tensor, pred: torch.Tensor, meta: Any) -> None:
+def _save_strip(folder: Path, dataset: Any, index: int, image: np.ndarray,
+                target: np.ndarray, pred: torch.Tensor, meta: Any) -> None:
     """Image, ground truth and prediction side by side (pytorch-fcn's validation pictures)."""
-    from ..viz import colorize, denormalize, save_image
+    from ..viz import colorize, save_image
 
     files = getattr(dataset, "files", None)
     stem = Path(files[index][0]).stem if files else "image"
-    picture = denormalize(image, meta.mean, meta.std)
-    gap = np.full((picture.shape[0], 4, 3), 255, dtype=np.uint8)
-    strip = np.concatenate([picture, gap, colorize(target, meta.palette, meta.ignore_index),
+    gap = np.full((image.shape[0], 4, 3), 255, dtype=np.uint8)
+    strip = np.concatenate([image, gap, colorize(target, meta.palette, meta.ignore_index),
                             gap, colorize(pred, meta.palette, meta.ignore_index)], axis=1)
     save_image(strip, folder / f"{index:04d}_{stem}.png")

@@ -140,6 +140,7 @@ def fit(config: TrainConfig, resume: str | Path | dict | None = None) -> dict[st
 
 
 def _fit(config: TrainConfig, resume: Any, info: DistInfo) -> dict[str, Any]:
+    from ..inference import Predictor
     from ..models import build_model
     from .evaluate import evaluate
 
@@ -262,8 +263,9 @@ def _fit(config: TrainConfig, resume: Any, info: DistInfo) -> dict[str, Any]:
             # Batched like training (equal sizes share a forward pass; others go one by one);
             # pytorch-fcn's habit: pictures of a few predictions at each validation.
             shots = run_dir / "val" / f"epoch_{epoch + 1:03d}" if config.val_images else None
-            metrics = evaluate(unwrap(model), val_ds, device, dtype, batch_size=batch,
-                               save_predictions=shots, max_images=config.val_images).compute()
+            predictor = Predictor.from_model(unwrap(model), meta, dtype)
+            metrics = evaluate(predictor, val_ds, batch_size=batch, save_predictions=shots,
+                               max_images=config.val_images).compute()
             row.update(val_pixel_accuracy=float(metrics["pixel_accuracy"]),
                        val_miou=float(metrics["miou"]))
         row["seconds"] = ctx["seconds"]

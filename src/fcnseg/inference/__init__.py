@@ -1,5 +1,14 @@
-"""Whole-image inference (pad-and-crop or sliding window, with test-time augmentation)."""
+"""Inference: the :class:`Predictor` object, its runtimes, ONNX export and batch prediction."""
 
-from .predictor import DEFAULT_TILE, MODES, predict_logits, predict_mask
+from .functional import (
+    DEFAULT_TILE,
+    MODES,
+    InferenceOptions,
+    predict_logits,
+    predict_mask,
+)
+from .predictor import Predictor
+from .runtimes import RUNTIMES
 
-__all__ = ["DEFAULT_TILE", "MODES", "predict_logits", "predict_mask"]
+__all__ = ["DEFAULT_TILE", "MODES", "RUNTIMES", "InferenceOptions", "Predictor",
+           "predict_logits", "predict_mask"]

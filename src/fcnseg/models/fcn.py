@@ -16,6 +16,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
+import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
@@ -89,7 +90,9 @@ class FCN(nn.Module):
         # (47 x 63). With a multiple of 32 every stage is exactly half the previous one.
         # Zeros are the mean colour of normalised inputs: a neutral border to the network.
         pad_h, pad_w = -height % PAD_MULTIPLE, -width % PAD_MULTIPLE
-        if pad_h or pad_w:
+        # An exported (traced) graph keeps the pad whatever the example's size: there the
+        # amounts are computed from the input's shape at run time.
+        if pad_h or pad_w or torch.jit.is_tracing():
             x = F.pad(x, (0, pad_w, 0, pad_h))
         features = self.backbone(x)
         scores = self.score32(features["s32"])

@@ -1,0 +1,217 @@
+"""CPU inference: the chapter's way against fcnseg's runtimes, on CamVid val at 360 x 480.
+
+One CamVid checkpoint (FCN-8s / ResNet-18) is exported once to ONNX fp32 and int8; then
+each configuration runs in its own process (its peak RSS is its own), configurations
+alternating over ``--rounds`` so that a noisy shared host slows them alike (medians kept):
+
+* ``d2l``: the chapter's network as the book writes it (ResNet-18 body, 1x1 conv, one
+  64 x 64 transposed conv), fp32, eager, NCHW: speed only (random weights, so no mIoU);
+* ``torch-fp32`` / ``torch-bf16``: fcnseg's PyTorch path (BatchNorm folded, channels-last);
+* ``ort-fp32`` / ``ort-int8``: ONNX Runtime on the exported files;
+* ``ov-fp32`` / ``ov-bf16`` / ``ov-int8``: OpenVINO on the same files.
+
+Model-only images/s time the predictor on decoded images (decoding excluded) over the val
+images; mIoU is computed from those very predictions. ``--e2e`` also times ``fcnseg
+predict`` on the val folder (decode, predict, write mask + overlay) for the chosen configs.
+
+    python benchmarks/inference.py --checkpoint runs/camvid/best.pt \\
+        --data-dir ../shared/data/camvid --json benchmarks/out/inference.json
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import platform
+import resource
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import numpy as np
+import torch
+
+CONFIGS = ("d2l", "torch-fp32", "torch-bf16", "ort-fp32", "ort-int8", "ov-fp32", "ov-bf16",
+           "ov-int8")
+# config -> (model file kind, runtime, precision)
+PLAN = {"torch-fp32": ("pt", "torch", "fp32"), "torch-bf16": ("pt", "torch", "bf16"),
+        "ort-fp32": ("fp32", "onnxruntime", "auto"), "ort-int8": ("int8", "onnxruntime", "auto"),
+        "ov-fp32": ("fp32", "openvino", "fp32"), "ov-bf16": ("fp32", "openvino", "bf16"),
+        "ov-int8": ("int8", "openvino", "auto")}
+
+
+def chapter_model(num_classes: int) -> torch.nn.Module:
+    """The D2L chapter's FCN, line for line (random init: speed only)."""
+    import torchvision
+
+    from fcnseg import bilinear_kernel
+
+    net = torch.nn.Sequential(*list(torchvision.models.resnet18().children())[:-2])
+    net.add_module("final_conv", torch.nn.Conv2d(512, num_classes, kernel_size=1))
+    net.add_module("transpose_conv", torch.nn.ConvTranspose2d(
+        num_classes, num_classes, kernel_size=64, padding=16, stride=32))
+    net.transpose_conv.weight.data.copy_(bilinear_kernel(num_classes, num_classes, 64))
+    return net.eval()
+
+
+def load_val(data_dir: str, limit: int) -> tuple[list[np.ndarray], list[np.ndarray], object]:
+    from fcnseg.data import build_dataset
+
+    ds = build_dataset("camvid", data_dir, "val")
+    pairs = [ds.read_raw(i) for i in range(min(limit, len(ds)))]
+    return [p[0] for p in pairs], [p[1] for p in pairs], ds.meta
+
+
+def measure(config: str, files: dict[str, str], data_dir: str, limit: int, batch: int) -> dict:
+    """Model-only images/s and mIoU of one configuration (in a worker process)."""
+    from fcnseg import Predictor
+    from fcnseg.allocator import keep_freed_memory
+    from fcnseg.metrics import ConfusionMatrix
+
+    keep_freed_memory()  # as the fcnseg command does
+    images, masks, meta = load_val(data_dir, limit)
+    batches = [images[i:i + batch] for i in range(0, len(images), batch)]
+    if config == "d2l":
+        model = chapter_model(meta.num_classes)
+        mean = torch.tensor(meta.mean).view(1, 3, 1, 1) * 255
+        std = torch.tensor(meta.std).view(1, 3, 1, 1) * 255
+
+        def run(group: list[np.ndarray]) -> list[torch.Tensor] | None:
+            x = torch.from_numpy(np.stack(group).transpose(0, 3, 1, 2).copy()).float()
+            with torch.inference_mode():
+                model((x - mean) / std).argmax(1)
+            return None
+    else:
+        kind, runtime, precision = PLAN[config]
+        predictor = Predictor.from_file(files[kind], runtime=runtime, device="cpu",
+                                        precision=precision)
+
+        def run(group: list[np.ndarray]) -> list[torch.Tensor] | None:
+            return [p.argmax(0) for p in predictor.predict_many(group)]
+
+    run(batches[0])  # warm-up: primitive creation, allocator
+    preds: list[torch.Tensor] = []
+    start = time.perf_counter()
+    for group in batches:
+        out = run(group)
+        preds.extend(out or [])
+    seconds = time.perf_counter() - start
+    miou = None
+    if preds:
+        cm = ConfusionMatrix(meta.num_classes, meta.ignore_index)
+        for p, m in zip(preds, masks, strict=True):
+            cm.update(p, torch.from_numpy(m))
+        miou = float(cm.compute()["miou"])
+    return {"config": config, "batch": batch, "images_per_s": len(images) / seconds,
+            "miou": miou, "peak_rss_mib": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024}
+
+
+def end_to_end(config: str, files: dict[str, str], data_dir: str) -> dict:
+    """``fcnseg predict`` on the val folder: decode + predict + write, images/s."""
+    kind, runtime, precision = PLAN[config]
+    with tempfile.TemporaryDirectory() as out:
+        cmd = [sys.executable, "-m", "fcnseg", "predict", "--checkpoint", files[kind],
+               "--runtime", runtime, "--precision", precision, str(Path(data_dir) / "val"),
+               "--out", out, "--no-progress"]
+        start = time.perf_counter()
+        done = subprocess.run(cmd, capture_output=True, text=True, check=True)
+        seconds = time.perf_counter() - start
+        count = sum(" -> " in line for line in done.stdout.splitlines())
+        rate = float(done.stderr.rsplit("(", 1)[1].split(" img/s")[0])
+    return {"config": config, "images": count, "wall_s": seconds, "loop_images_per_s": rate}
+
+
+def worker(args: list[str]) -> dict:
+    cmd = [sys.executable, __file__, "--worker", *args]
+    out = subprocess.run(cmd, check=True, capture_output=True, text=True)
+    return json.loads(out.stdout.strip().splitlines()[-1])
+
+
+def export_models(checkpoint: str, out: Path, calibration_size: int) -> dict[str, str]:
+    from fcnseg.inference.export import export_onnx
+
+    files = {"pt": checkpoint, "fp32": str(out / "model.onnx"), "int8": str(out / "int8.onnx")}
+    export_onnx(checkpoint, files["fp32"])
+    export_onnx(checkpoint, files["int8"], int8=True, calibration_size=calibration_size)
+    return files
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--checkpoint", required=True)
+    parser.add_argument("--data-dir", default="../shared/data/camvid")
+    parser.add_argument("--out", type=Path, default=Path("benchmarks/out/inference"))
+    parser.add_argument("--json", type=Path, default=Path("benchmarks/out/inference.json"))
+    parser.add_argument("--configs", nargs="+", choices=CONFIGS, default=list(CONFIGS))
+    parser.add_argument("--batches", nargs="+", type=int, default=[1, 8])
+    parser.add_argument("--rounds", type=int, default=2)
+    parser.add_argument("--limit", type=int, default=101, help="val images (101: all)")
+    parser.add_argument("--calibration-size", type=int, default=32)
+    parser.add_argument("--e2e", nargs="*", choices=CONFIGS[1:], default=["torch-fp32"])
+    parser.add_argument("--worker", nargs=argparse.REMAINDER, help=argparse.SUPPRESS)
+    args = parser.parse_args()
+    if args.worker:
+        config, files, data_dir, limit, batch = args.worker
+        print(json.dumps(measure(config, json.loads(files), data_dir, int(limit), int(batch))))
+        return
+
+    from fcnseg.device import cpu_has_fast_bf16
+
+    args.out.mkdir(parents=True, exist_ok=True)
+    files = export_models(args.checkpoint, args.out, args.calibration_size)
+    runs: dict[tuple[str, int], list[dict]] = {}
+    for _ in range(args.rounds):
+        for batch in args.batches:
+            for config in args.configs:
+                r = worker([config, json.dumps(files), args.data_dir, str(args.limit),
+                            str(batch)])
+                runs.setdefault((config, batch), []).append(r)
+                print(f"  {config:<11} batch {batch}: {r['images_per_s']:6.2f} img/s", flush=True)
+    rows = []
+    for results in runs.values():
+        rows.append({**results[0], "images_per_s": statistics.median(
+            r["images_per_s"] for r in results), "all_images_per_s":
+            [r["images_per_s"] for r in results],
+            "peak_rss_mib": max(r["peak_rss_mib"] for r in results)})
+    base = {r["batch"]: r["images_per_s"] for r in rows if r["config"] == args.configs[0]}
+    ref = {r["batch"]: r["miou"] for r in rows if r["config"] == "torch-fp32"}
+    print(f"\n{'config':<11} {'batch':>5} {'img/s':>7} {'x ' + args.configs[0]:>8} "
+          f"{'mIoU':>7} {'dmIoU':>7} {'RSS MiB':>8}")
+    for r in rows:
+        r["speedup"] = r["images_per_s"] / base[r["batch"]]
+        d = None if r["miou"] is None or ref.get(r["batch"]) is None else \
+            r["miou"] - ref[r["batch"]]
+        r["miou_delta_vs_torch_fp32"] = d
+        print(f"{r['config']:<11} {r['batch']:5d} {r['images_per_s']:7.2f} {r['speedup']:8.2f} "
+              f"{r['miou'] if r['miou'] is not None else float('nan'):7.4f} "
+              f"{d if d is not None else float('nan'):+7.4f} {r['peak_rss_mib']:8.0f}")
+    e2e = []
+    for config in args.e2e:
+        r = end_to_end(config, files, args.data_dir)
+        model_only = next(x["images_per_s"] for x in rows
+                          if x["config"] == config and x["batch"] == 1)
+        r["fraction_of_model_only"] = r["loop_images_per_s"] / model_only
+        e2e.append(r)
+        print(f"fcnseg predict {config}: {r['loop_images_per_s']:.2f} img/s over "
+              f"{r['images']} images ({100 * r['fraction_of_model_only']:.0f} % of "
+              f"model-only batch 1), {r['wall_s']:.1f} s wall with start-up")
+    flags = [f for f in open("/proc/cpuinfo").read().split("flags")[1].split("\n")[0].split()
+             if f.startswith(("avx512", "amx", "avx_vnni", "avx2"))] \
+        if os.path.exists("/proc/cpuinfo") else []
+    report = {"command": " ".join([Path(sys.executable).name, *sys.argv]),
+              "machine": {"cpu": platform.processor() or platform.machine(),
+                          "cores": os.cpu_count(), "torch": torch.__version__,
+                          "fast_bf16": cpu_has_fast_bf16(), "flags": flags},
+              "rows": rows, "end_to_end": e2e}
+    args.json.parent.mkdir(parents=True, exist_ok=True)
+    args.json.write_text(json.dumps(report, indent=2))
+    print(f"CPU flags: {' '.join(flags) or 'none of avx2/avx512/amx'}; "
+          f"fast bf16: {cpu_has_fast_bf16()}\nwrote {args.json}")
+
+
+if __name__ == "__main__":
+    main()

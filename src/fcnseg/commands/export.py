@@ -1,0 +1,36 @@
+"""``fcnseg export``: a checkpoint as an ONNX model that runs without fcnseg or PyTorch."""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from typing import Any
+
+
+def add_parser(subparsers: Any, help_text: str) -> None:
+    p = subparsers.add_parser("export", help=help_text, description=help_text)
+    p.add_argument("--checkpoint", required=True, metavar="CKPT", help="a best.pt / last.pt")
+    p.add_argument("--out", required=True, metavar="MODEL.onnx", help="the ONNX file to write")
+    p.add_argument("--int8", action="store_true",
+                   help="static int8 quantization (QDQ), calibrated on training images")
+    p.add_argument("--calibration", default=None, metavar="DIR",
+                   help="images to calibrate --int8 on (default: the checkpoint's training "
+                        "split)")
+    p.add_argument("--calibration-size", type=int, default=32, metavar="N",
+                   help="calibration images (default 32)")
+    p.set_defaults(func=run)
+
+
+def run(args: argparse.Namespace) -> int:
+    from ..inference.export import export_onnx
+
+    if args.calibration is not None and not args.int8:
+        print("fcnseg: warning: --calibration is only used with --int8", file=sys.stderr)
+    report = export_onnx(args.checkpoint, args.out, int8=args.int8,
+                         calibration=args.calibration, calibration_size=args.calibration_size,
+                         progress=lambda line: print(line, file=sys.stderr))
+    worst = min(c["agreement"] for c in report.checks)
+    print(f"fcnseg: wrote {report.path} ({report.precision}; agrees with PyTorch on "
+          f"{100 * worst:.2f} % of pixels or more at {len(report.checks)} sizes)")
+    print(f"use it: fcnseg predict --checkpoint {report.path} IMAGE... --out DIR")
+    return 0

@@ -1,0 +1,152 @@
+"""Predicting a folder of any size: streamed, decoded and encoded beside the model.
+
+Images are decoded by a small thread pool a few batches ahead of the model and the masks,
+overlays and probabilities are encoded by the same pool behind it (PIL's codecs release the
+GIL), so the model rarely waits for the disk. At most ``lookahead`` images are in memory at
+once whatever the folder's size. Under ``torchrun`` each rank takes ``files[rank::world]``:
+no file is predicted twice and no communication is needed. Outputs are written atomically,
+so an interrupted job resumed with ``skip_existing`` redoes only what it had not finished.
+"""
+
+from __future__ import annotations
+
+import glob
+from collections import deque
+from collections.abc import Iterator
+from concurrent.futures import Future, ThreadPoolExecutor
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from ..data.io import IMAGE_EXTENSIONS, read_image
+from ..errors import FcnsegError
+from .predictor import Predictor
+
+
+@dataclass
+class Outcome:
+    """What became of one input: ``status`` is "written", "skipped" or "failed"."""
+
+    path: Path
+    status: str
+    message: str = ""
+    image: np.ndarray | None = None  # the decoded image and its mask, when written
+    mask: np.ndarray | None = None
+
+
+def collect_inputs(patterns: list[str]) -> tuple[list[Path], list[tuple[str, str]]]:
+    """Expand files, folders (their images) and globs; returns ``(files, failures)``."""
+    files: list[Path] = []
+    failures: list[tuple[str, str]] = []
+    for pattern in patterns:
+        path = Path(pattern)
+        if path.is_dir():
+            found = sorted(f for f in path.iterdir()
+                           if f.is_file() and f.suffix.lower() in IMAGE_EXTENSIONS)
+            if not found:
+                failures.append((pattern, "folder has no images"))
+            files.extend(found)
+        elif path.exists():
+            files.append(path)
+        elif glob.has_magic(pattern):
+            found = sorted(Path(f) for f in glob.glob(pattern) if Path(f).is_file())
+            if not found:
+                failures.append((pattern, "no file matches this pattern"))
+            files.extend(found)
+        else:
+            failures.append((pattern, "file not found"))
+    unique = list(dict.fromkeys(f.resolve() for f in files))  # a file named twice: once
+    return unique, failures
+
+
+def output_names(files: list[Path], probs: bool) -> dict[Path, list[str]]:
+    """The output file names of each input; two inputs writing one name is an error."""
+    names: dict[Path, list[str]] = {}
+    owner: dict[str, Path] = {}
+    for f in files:
+        mine = [f"{f.stem}.png", f"{f.stem}_overlay.png"] + ([f"{f.stem}_probs.npy"] * probs)
+        for name in mine:
+            if name in owner:
+                raise FcnsegError(f"{owner[name]} and {f} would both write {name}: "
+                                  "rename one or predict them into different --out folders")
+            owner[name] = f
+        names[f] = mine
+    return names
+
+
+def predict_files(predictor: Predictor, files: list[Path], out: Path, *, alpha: float = 0.5,
+                  probs: bool = False, skip_existing: bool = False, batch_size: int = 1,
+                  threads: int = 2, rank: int = 0, world: int = 1) -> Iterator[Outcome]:
+    """Predict ``files`` into ``out``, yielding an :class:`Outcome` per file of this rank.
+
+    Writes ``<stem>.png`` (palette PNG of class ids, the image's exact size),
+    ``<stem>_overlay.png`` and, with ``probs``, ``<stem>_probs.npy`` (float16 C x H x W).
+    A file that cannot be read is reported and skipped; the rest go on.
+    """
+    names = output_names(files, probs)  # every rank checks every name: same answer on all
+    mine = files[rank::world]
+    lookahead = max(2 * batch_size, 4)
+    with ThreadPoolExecutor(max_workers=max(1, threads)) as pool:
+        todo: Iterator[Path] = iter(mine)
+        reads: deque[Future] = deque()
+        writes: deque[tuple[Future, Outcome]] = deque()
+
+        def refill() -> None:
+            while len(reads) + len(writes) < lookahead:
+                f = next(todo, None)
+                if f is None:
+                    return
+                if skip_existing and all((out / n).is_file() for n in names[f]):
+                    reads.append(_done(Outcome(f, "skipped", "outputs exist")))
+                else:
+                    reads.append(pool.submit(_read, f))
+
+        refill()
+        while reads or writes:
+            while writes and (writes[0][0].done() or not reads):
+                future, outcome = writes.popleft()
+                future.result()  # a failed write (full disk...) stops the job, naming the file
+                yield outcome
+            batch = [reads.popleft().result() for _ in range(min(batch_size, len(reads)))]
+            for outcome in batch:
+                if outcome.status != "read":
+                    yield outcome
+            ready = [o for o in batch if o.status == "read"]
+            if ready:
+                results = predictor.predict_many([o.image for o in ready])
+                for o, p in zip(ready, results, strict=True):
+                    o.status, o.mask = "written", p.argmax(0).to(torch.uint8).numpy()
+                    arr = p.numpy().astype(np.float16) if probs else None
+                    writes.append((pool.submit(_write, predictor, o, out, names[o.path], alpha,
+                                               arr), o))
+            refill()
+
+
+def _done(outcome: Outcome) -> Future:
+    future: Future = Future()
+    future.set_result(outcome)
+    return future
+
+
+def _read(path: Path) -> Outcome:
+    try:
+        return Outcome(path, "read", image=read_image(path))
+    except FcnsegError as exc:
+        message = str(exc)
+        return Outcome(path, "failed", message if message.startswith(str(path))
+                       else f"{path}: {message}")
+
+
+def _write(predictor: Predictor, o: Outcome, out: Path, names: list[str], alpha: float,
+           probs: np.ndarray | None) -> None:
+    from ..fileio import atomic_write
+    from ..viz import overlay, save_image, save_palette_png
+
+    meta = predictor.meta
+    assert o.image is not None and o.mask is not None
+    save_palette_png(o.mask, meta.palette, out / names[0])
+    save_image(overlay(o.image, o.mask, meta.palette, alpha, meta.ignore_index), out / names[1])
+    if probs is not None:
+        atomic_write(out / names[2], lambda fh: np.save(fh, probs))

@@ -1,0 +1,227 @@
+"""Inference runtimes: the engines that turn a batch of images into class probabilities.
+
+Every runtime is a callable ``float32 N x 3 x H x W`` RGB pixels in 0-255 (not normalised)
+-> ``float32 N x C x H x W`` softmax probabilities, so that pad/slide/TTA
+(:mod:`.functional`) are written once for all of them. Each one normalises as its model
+was trained to: PyTorch here, an exported model inside its graph.
+
+* ``torch``: a checkpoint (``.pt``), BatchNorm folded, channels-last, autocast per precision.
+* ``onnxruntime``: an exported ``.onnx`` (fp32 or int8 QDQ), the portable default.
+* ``openvino``: an exported ``.onnx`` (read directly) or OpenVINO IR ``.xml``; bf16 on CPUs
+  with bf16 units (the same rule as PyTorch's ``precision auto``), int8 from an int8 export.
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from ..data.meta import DatasetMeta
+from ..data.transforms import Normalize
+from ..device import cpu_has_fast_bf16, resolve_precision, select_device
+from ..errors import CheckpointError, FcnsegError, UnknownNameError
+from .functional import model_forward
+
+RUNTIMES = ("torch", "onnxruntime", "openvino")
+# File suffix -> the runtime that reads it by default (``runtime="auto"``).
+DEFAULT_RUNTIME = {".pt": "torch", ".pth": "torch", ".onnx": "onnxruntime", ".xml": "openvino"}
+PRECISIONS = ("auto", "fp32", "bf16", "fp16", "int8")
+# ONNX metadata keys written by `fcnseg export` (plain strings; JSON where structured).
+META_KEY, ARGS_KEY, CONFIG_KEY = "fcnseg.meta", "fcnseg.model_args", "fcnseg.config"
+PRECISION_KEY = "fcnseg.precision"
+
+
+class TorchRuntime:
+    """A PyTorch model with its normalisation, on ``device`` under ``dtype`` autocast."""
+
+    name = "torch"
+
+    def __init__(self, model: torch.nn.Module, meta: DatasetMeta, device: torch.device,
+                 dtype: torch.dtype = torch.float32) -> None:
+        self.model, self.device, self.dtype = model, device, dtype
+        self.precision = {torch.bfloat16: "bf16", torch.float16: "fp16"}.get(dtype, "fp32")
+        normalize = Normalize(meta.mean, meta.std)  # the training transform's x * a - b
+        self._a, self._b = normalize.a.to(device), normalize.b.to(device)
+        self._forward = model_forward(model, dtype)
+
+    def __call__(self, x: torch.Tensor) -> torch.Tensor:
+        was_training = self.model.training  # validation during training: restore it after
+        self.model.eval()
+        try:
+            with torch.inference_mode():
+                return self._forward(x.to(self.device).mul(self._a).sub_(self._b))
+        finally:
+            self.model.train(was_training)
+
+
+class OnnxRuntime:
+    """An exported model run by ONNX Runtime on the CPU (fp32, or int8 if exported so)."""
+
+    name = "onnxruntime"
+
+    def __init__(self, path: Path, threads: int | None = None) -> None:
+        ort = _import("onnxruntime", "onnxruntime")
+        options = ort.SessionOptions()
+        options.intra_op_num_threads = threads or torch.get_num_threads()
+        options.log_severity_level = 3  # warnings about unused initialisers are noise here
+        try:
+            self.session = ort.InferenceSession(str(path), options,
+                                                providers=["CPUExecutionProvider"])
+        except Exception as exc:  # ONNX Runtime raises its own Fail/InvalidGraph types
+            raise CheckpointError(f"{path} is not a readable ONNX model ({_first_line(exc)}); "
+                                  "export it again with `fcnseg export`") from exc
+        self.metadata = dict(self.session.get_modelmeta().custom_metadata_map)
+        self.precision = self.metadata.get(PRECISION_KEY, "fp32")
+
+    def __call__(self, x: torch.Tensor) -> torch.Tensor:
+        out = self.session.run(["probs"], {"image": x.detach().cpu().float().numpy()})[0]
+        return torch.from_numpy(out)
+
+
+class OpenVinoRuntime:
+    """An exported model compiled by OpenVINO for the CPU, with a precision hint."""
+
+    name = "openvino"
+
+    def __init__(self, path: Path, precision: str = "auto", threads: int | None = None) -> None:
+        ov = _import("openvino", "openvino")
+        core = ov.Core()
+        try:
+            model = core.read_model(str(path))
+        except Exception as exc:
+            raise CheckpointError(f"{path} is not a model OpenVINO can read "
+                                  f"({_first_line(exc)}); export it with `fcnseg export`") from exc
+        self.metadata = read_onnx_metadata(path) if path.suffix == ".onnx" else \
+            _ir_metadata(model)
+        int8 = self.metadata.get(PRECISION_KEY) == "int8"
+        if precision == "auto":  # bf16 only where the CPU has bf16 units, as for PyTorch
+            precision = "bf16" if cpu_has_fast_bf16() else "fp32"
+        if precision not in ("fp32", "bf16"):
+            raise FcnsegError(f"--precision {precision} with openvino: use auto, fp32 or bf16")
+        config = {"INFERENCE_PRECISION_HINT": "bf16" if precision == "bf16" else "f32",
+                  "INFERENCE_NUM_THREADS": threads or torch.get_num_threads(),
+                  "PERFORMANCE_HINT": "LATENCY"}
+        self.compiled = core.compile_model(model, "CPU", config)
+        self.precision = "int8" if int8 else precision
+
+    def __call__(self, x: torch.Tensor) -> torch.Tensor:
+        out = self.compiled({"image": x.detach().cpu().float().numpy()})
+        return torch.from_numpy(out[self.compiled.output("probs")].copy())
+
+
+def load_runtime(path: str | Path, runtime: str = "auto", device: str = "auto",
+                 precision: str = "auto") -> tuple[Any, DatasetMeta, dict[str, Any], str]:
+    """Open ``path`` with a runtime: ``(runtime, meta, info, reason)``.
+
+    ``info`` has the model's ``model_args`` and training ``config`` (what evaluate needs to
+    find the data). ``reason`` says in words which runtime and precision run, and why.
+    """
+    from ..engine.checkpoint import model_from_checkpoint
+    from ..models.fusion import fold_batchnorm
+
+    path = Path(path)
+    if path.is_dir():
+        raise CheckpointError(f"{path} is a folder: give a checkpoint file in it, e.g. "
+                              f"{path / 'best.pt'}, or an exported model.onnx")
+    name = _runtime_name(path, runtime)
+    if precision not in PRECISIONS:
+        raise UnknownNameError("precision", precision, PRECISIONS)
+    if name == "torch":
+        if precision == "int8":
+            raise FcnsegError("--precision int8 needs an int8 export: fcnseg export --int8 ...")
+        dev = select_device(device)
+        dtype, reason = resolve_precision(dev, precision)
+        model, meta, checkpoint = model_from_checkpoint(path, dev)
+        # BatchNorm folded into the convs (same outputs, fewer passes); channels-last is
+        # the fast layout for convolutions on CPUs (oneDNN) and tensor cores.
+        model = fold_batchnorm(model).to(memory_format=torch.channels_last)
+        info = {"model_args": checkpoint["model_args"], "config": checkpoint.get("config") or {}}
+        return TorchRuntime(model, meta, dev, dtype), meta, info, f"torch on {dev}, {reason}"
+    if device not in ("auto", "cpu"):
+        raise FcnsegError(f"--device {device}: the {name} runtime runs on the CPU; "
+                          "use a .pt checkpoint for CUDA")
+    if name == "onnxruntime":
+        if precision not in ("auto", "fp32", "int8"):
+            raise FcnsegError(f"--precision {precision} with onnxruntime: the precision is "
+                              "the exported file's (fp32, or int8 from fcnseg export --int8)")
+        rt: Any = OnnxRuntime(path)
+        want = rt.precision if precision == "auto" else precision
+        if want != rt.precision:
+            raise FcnsegError(f"{path} is an {rt.precision} model, not {want}: export "
+                              "it again with the precision you want")
+    else:
+        rt = OpenVinoRuntime(path, "auto" if precision == "int8" else precision)
+    meta, info = _meta_from(rt.metadata, path)
+    return rt, meta, info, f"{name} on the CPU, {rt.precision}"
+
+
+def _runtime_name(path: Path, runtime: str) -> str:
+    if runtime == "auto":
+        name = DEFAULT_RUNTIME.get(path.suffix.lower())
+        if name is None:
+            if not path.exists():
+                raise CheckpointError(f"checkpoint {path} does not exist: check the path "
+                                      "(e.g. RUN_DIR/best.pt or model.onnx)")
+            raise CheckpointError(f"{path}: unknown model file type {path.suffix!r}: use a "
+                                  ".pt checkpoint, an .onnx export or an OpenVINO .xml")
+        return name
+    if runtime not in RUNTIMES:
+        raise UnknownNameError("runtime", runtime, ("auto",) + RUNTIMES)
+    if runtime == "torch" and path.suffix.lower() not in (".pt", ".pth"):
+        raise FcnsegError(f"--runtime torch reads .pt checkpoints, not {path.name}")
+    if runtime != "torch" and path.suffix.lower() in (".pt", ".pth"):
+        raise FcnsegError(f"--runtime {runtime} reads exported models: run "
+                          f"`fcnseg export --checkpoint {path} --out model.onnx` first")
+    if not path.is_file():
+        raise CheckpointError(f"model {path} does not exist: check the path")
+    return runtime
+
+
+def read_onnx_metadata(path: str | Path) -> dict[str, str]:
+    """The ``metadata_props`` of an ONNX file (without loading its weights)."""
+    onnx = _import("onnx", "onnx")
+    model = onnx.load(str(path), load_external_data=False)
+    return {p.key: p.value for p in model.metadata_props}
+
+
+def _ir_metadata(model: Any) -> dict[str, str]:
+    """fcnseg's metadata of an OpenVINO IR model (saved as rt_info by OpenVINO's converter)."""
+    out = {}
+    for key in (META_KEY, ARGS_KEY, CONFIG_KEY, PRECISION_KEY):
+        try:
+            out[key] = str(model.get_rt_info(["framework", key]).astype(str))
+        except Exception:  # not every IR carries every key
+            continue
+    return out
+
+
+def _meta_from(metadata: dict[str, str], path: Path) -> tuple[DatasetMeta, dict[str, Any]]:
+    if META_KEY not in metadata:
+        raise CheckpointError(f"{path} has no fcnseg metadata (classes, palette, "
+                              "normalisation): export it with `fcnseg export`")
+    try:
+        meta = DatasetMeta.from_dict(json.loads(metadata[META_KEY]))
+        info = {"model_args": json.loads(metadata.get(ARGS_KEY, "{}")),
+                "config": json.loads(metadata.get(CONFIG_KEY, "{}"))}
+    except (ValueError, TypeError, KeyError) as exc:
+        raise CheckpointError(f"{path}: its fcnseg metadata is unreadable ({exc}); export "
+                              "it again with `fcnseg export`") from exc
+    return meta, info
+
+
+def _import(module: str, package: str) -> Any:
+    import importlib
+
+    try:
+        return importlib.import_module(module)
+    except ImportError as exc:
+        raise FcnsegError(f"this needs the {package} package: pip install 'fcnseg[deploy]' "
+                          "-c constraints.txt") from exc
+
+
+def _first_line(exc: BaseException) -> str:
+    text = str(exc).strip() or type(exc).__name__
+    return text.splitlines()[0][:200]

@@ -1,0 +1,214 @@
+"""Predictor on every input type, ONNX export round trips, runtimes, and folder prediction."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+from PIL import Image
+
+from fcnseg import Predictor
+from fcnseg.cli import main
+from fcnseg.errors import CheckpointError, FcnsegError, OptionError
+
+onnx = pytest.importorskip("onnx")
+ort = pytest.importorskip("onnxruntime")
+
+
+@pytest.fixture(scope="module")
+def trained(tmp_path_factory):
+    """A briefly trained FCN-8s on tiny synthetic shapes: confident enough to compare
+    runtimes and precisions on (an untrained model's near-ties flip under any rounding)."""
+    root = tmp_path_factory.mktemp("trained")
+    status = main(["train", "--dataset", "shapes", "--data-dir", str(root / "data"),
+                   "--data-option", "size=64", "--data-option", "image_size=64",
+                   "--data-option", "val_size=8", "--epochs", "6", "--batch-size", "8",
+                   "--crop", "64", "64", "--scale", "1", "1", "--lr", "0.02",
+                   "--no-pretrained", "--out", str(root / "run"), "--val-every", "6",
+                   "--val-images", "0", "--device", "cpu"])
+    assert status == 0
+    return root / "run" / "last.pt", root / "data"
+
+
+@pytest.fixture(scope="module")
+def exported(trained, tmp_path_factory):
+    out = tmp_path_factory.mktemp("onnx") / "model.onnx"
+    assert main(["export", "--checkpoint", str(trained[0]), "--out", str(out)]) == 0
+    return out
+
+
+def _val_images(data: Path) -> list[Path]:
+    """The synthetic validation images (VOC layout: JPEGImages/val_NNNNN.png)."""
+    found = sorted(data.rglob("JPEGImages/val_*.png"))
+    assert found
+    return found
+
+
+def test_predictor_takes_paths_pil_and_arrays_at_any_size(trained, tmp_path):
+    p = Predictor.from_file(trained[0], device="cpu", precision="fp32")
+    assert p.runtime == "torch" and p.precision == "fp32"
+    assert p.classes[0] == "background" and len(p.palette) == len(p.classes)
+    rng = np.random.default_rng(0)
+    for h, w in ((97, 131), (375, 500), (1, 1), (33, 32)):
+        arr = rng.integers(0, 256, (h, w, 3), dtype=np.uint8)
+        path = tmp_path / f"im{h}x{w}.png"
+        Image.fromarray(arr).save(path)
+        mask = p.predict(arr)
+        assert mask.shape == (h, w) and mask.dtype == np.uint8
+        for other in (str(path), path, Image.open(path), Image.fromarray(arr)):
+            assert np.array_equal(p.predict(other), mask)
+        probs = p.predict_proba(arr)
+        assert probs.shape == (len(p.classes), h, w) and probs.dtype == np.float32
+        assert np.allclose(probs.sum(0), 1, atol=1e-5)
+        assert np.array_equal(probs.argmax(0), mask)
+    with pytest.raises(OptionError, match="H x W x 3 uint8"):
+        p.predict(np.zeros((8, 8), np.float32))
+    with pytest.raises(FcnsegError, match="missing.png"):
+        p.predict(tmp_path / "missing.png")
+
+
+def test_predictor_batches_equal_sizes_and_matches_one_by_one(trained):
+    p = Predictor.from_file(trained[0], device="cpu", precision="fp32")
+    rng = np.random.default_rng(1)
+    images = [rng.integers(0, 256, s, dtype=np.uint8) for s in
+              ((40, 56, 3), (40, 56, 3), (31, 45, 3))]
+    together = p.predict_many(images)
+    for img, probs in zip(images, together, strict=True):
+        assert torch.allclose(probs, torch.from_numpy(p.predict_proba(img)), atol=1e-5)
+
+
+def test_predictor_checks_options_once_and_files(trained, tmp_path):
+    with pytest.raises(KeyError, match="choose one of pad, slide"):
+        Predictor.from_file(trained[0], mode="crop")
+    with pytest.raises(OptionError, match="stride"):
+        Predictor.from_file(trained[0], mode="slide", tile=(8, 8), stride=(16, 16))
+    with pytest.raises(CheckpointError, match="is a folder"):
+        Predictor.from_file(trained[0].parent)
+    (tmp_path / "model.bin").write_bytes(b"x")
+    with pytest.raises(CheckpointError, match="unknown model file type"):
+        Predictor.from_file(tmp_path / "model.bin")
+    with pytest.raises(KeyError, match="runtime"):
+        Predictor.from_file(trained[0], runtime="tensorrt")
+
+
+def test_export_runs_any_size_and_carries_its_metadata(trained, exported):
+    model = onnx.load(str(exported))
+    props = {p.key: p.value for p in model.metadata_props}
+    meta = json.loads(props["fcnseg.meta"])
+    assert meta["class_names"] == json.loads(props["fcnseg.classes"])
+    assert props["fcnseg.precision"] == "fp32" and props["fcnseg.ignore_index"] == "255"
+    import hashlib
+
+    assert props["fcnseg.checkpoint_sha256"] == hashlib.sha256(trained[0].read_bytes()).hexdigest()
+    # any N, H, W straight from ONNX Runtime, no fcnseg in the loop: the input contract
+    session = ort.InferenceSession(str(exported), providers=["CPUExecutionProvider"])
+    for n, h, w in ((3, 45, 77), (1, 375, 500), (2, 1, 1)):
+        x = np.random.default_rng(n).uniform(0, 255, (n, 3, h, w)).astype(np.float32)
+        probs = session.run(["probs"], {"image": x})[0]
+        assert probs.shape == (n, len(meta["class_names"]), h, w)
+        assert np.allclose(probs.sum(1), 1, atol=1e-4)
+
+
+def test_export_refuses_a_model_that_disagrees(trained, tmp_path, monkeypatch, capsys):
+    from fcnseg.inference import export
+
+    run = export.OnnxRuntime.__call__
+    monkeypatch.setattr(export.OnnxRuntime, "__call__", lambda self, x: run(self, x).flip(1))
+    out = tmp_path / "bad.onnx"
+    assert main(["export", "--checkpoint", str(trained[0]), "--out", str(out)]) == 2
+    err = capsys.readouterr().err
+    assert "disagrees with PyTorch" in err and "Traceback" not in err
+    assert not out.exists() and not list(tmp_path.iterdir())  # nothing half-written
+
+
+def test_exported_model_predicts_and_evaluates_like_the_checkpoint(trained, exported, tmp_path,
+                                                                   capsys):
+    ckpt, data = trained
+    images = _val_images(data)[:4]
+    outs = {}
+    for name, model in (("pt", ckpt), ("onnx", exported)):
+        outs[name] = tmp_path / name
+        assert main(["predict", "--checkpoint", str(model), *map(str, images), "--out",
+                     str(outs[name]), "--precision", "fp32" if name == "pt" else "auto",
+                     "--no-progress"]) == 0
+    for img in images:
+        a = np.asarray(Image.open(outs["pt"] / f"{img.stem}.png"))
+        b = np.asarray(Image.open(outs["onnx"] / f"{img.stem}.png"))
+        assert (a == b).mean() >= 0.999
+    reports = {}
+    for name, model in (("pt", ckpt), ("onnx", exported)):
+        js = tmp_path / f"{name}.json"
+        assert main(["evaluate", "--checkpoint", str(model), "--dataset", "shapes",
+                     "--json", str(js), "--no-progress", "--precision",
+                     "fp32" if name == "pt" else "auto"]) == 0
+        reports[name] = json.loads(js.read_text())
+    assert reports["onnx"]["runtime"] == "onnxruntime"
+    assert abs(reports["onnx"]["miou"] - reports["pt"]["miou"]) < 1e-3
+    capsys.readouterr()
+
+
+def test_int8_export_agrees_with_fp32(trained, tmp_path):
+    ckpt, data = trained
+    out = tmp_path / "int8.onnx"
+    assert main(["export", "--checkpoint", str(ckpt), "--out", str(out), "--int8",
+                 "--calibration-size", "16"]) == 0
+    int8 = Predictor.from_file(out)
+    fp32 = Predictor.from_file(ckpt, precision="fp32")
+    assert int8.precision == "int8" and int8.runtime == "onnxruntime"
+    images = _val_images(data)
+    agree = np.mean([(int8.predict(f) == fp32.predict(f)).mean() for f in images])
+    assert agree >= 0.99
+    with pytest.raises(FcnsegError, match="int8 model, not fp32"):
+        Predictor.from_file(out, precision="fp32")
+
+
+def test_openvino_runs_the_onnx_file(trained, exported):
+    pytest.importorskip("openvino")
+    ov = Predictor.from_file(exported, runtime="openvino", precision="fp32")
+    ref = Predictor.from_file(trained[0], precision="fp32")
+    assert ov.runtime == "openvino" and ov.precision == "fp32"
+    img = np.random.default_rng(3).integers(0, 256, (75, 101, 3), dtype=np.uint8)
+    assert np.abs(ov.predict_proba(img) - ref.predict_proba(img)).max() < 1e-3
+
+
+def test_predict_skip_existing_resumes_a_job(trained, tmp_path, capsys):
+    images = _val_images(trained[1])[:3]
+    out = tmp_path / "out"
+    args = ["predict", "--checkpoint", str(trained[0]), *map(str, images), "--out", str(out),
+            "--no-progress"]
+    assert main(args) == 0
+    first = {p.name: p.stat().st_mtime_ns for p in out.iterdir()}
+    (out / f"{images[1].stem}_overlay.png").unlink()  # as if interrupted mid-image
+    capsys.readouterr()
+    assert main(args + ["--skip-existing"]) == 0
+    err = capsys.readouterr().err
+    assert "predicted 1, skipped 2 existing, 0 failed" in err
+    again = {p.name: p.stat().st_mtime_ns for p in out.iterdir()}
+    assert set(again) == set(first)
+    assert again[f"{images[0].stem}.png"] == first[f"{images[0].stem}.png"]  # not rewritten
+
+
+@pytest.mark.slow
+def test_torchrun_two_processes_predict_each_file_once(trained, tmp_path):
+    src = tmp_path / "src"
+    src.mkdir()
+    rng = np.random.default_rng(4)
+    for i in range(7):
+        Image.fromarray(rng.integers(0, 256, (30, 40 + i, 3), dtype=np.uint8)).save(
+            src / f"im{i}.png")
+    env = {**os.environ, "OMP_NUM_THREADS": "1"}
+    cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc-per-node",
+           "2", "-m", "fcnseg", "predict", "--checkpoint", str(trained[0]), str(src), "--out",
+           str(tmp_path / "out"), "--no-progress"]
+    done = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=240)
+    assert done.returncode == 0, done.stderr[-2000:]
+    lines = [ln.split(" -> ")[0] for ln in done.stdout.splitlines() if " -> " in ln]
+    assert sorted(Path(x).name for x in lines) == sorted(f"im{i}.png" for i in range(7))
+    assert "rank 0/2: 4 of 7" in done.stderr and "rank 1/2: 3 of 7" in done.stderr
+    assert len(list((tmp_path / "out").glob("im*_overlay.png"))) == 7
