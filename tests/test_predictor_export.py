@@ -212,3 +212,22 @@ def test_torchrun_two_processes_predict_each_file_once(trained, tmp_path):
     assert sorted(Path(x).name for x in lines) == sorted(f"im{i}.png" for i in range(7))
     assert "rank 0/2: 4 of 7" in done.stderr and "rank 1/2: 3 of 7" in done.stderr
     assert len(list((tmp_path / "out").glob("im*_overlay.png"))) == 7
+
+
+def test_the_readme_onnx_script_runs_without_fcnseg(trained, exported, tmp_path):
+    """The README's 10-line script, verbatim, with only onnxruntime, numpy and pillow."""
+    readme = (Path(__file__).resolve().parents[1] / "README.md").read_text()
+    block = readme.split("<!-- onnx-example -->")[1].split("<!-- /onnx-example -->")[0]
+    code = block.split("```python\n")[1].split("```")[0]
+    assert len(code.strip().splitlines()) <= 12
+    image = _val_images(trained[1])[0]
+    (tmp_path / "street.png").write_bytes(image.read_bytes())
+    (tmp_path / "camvid.onnx").symlink_to(exported)
+    # fcnseg and torch made unimportable: the script must not need them
+    guard = "import sys; sys.modules['fcnseg'] = None; sys.modules['torch'] = None\n"
+    done = subprocess.run([sys.executable, "-c", guard + code], cwd=tmp_path,
+                          capture_output=True, text=True, timeout=120)
+    assert done.returncode == 0, done.stderr[-2000:]
+    got = np.asarray(Image.open(tmp_path / "street_mask.png"))
+    expected = Predictor.from_file(trained[0], precision="fp32").predict(image)
+    assert (got == expected).mean() >= 0.999
