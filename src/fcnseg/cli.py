@@ -51,8 +51,8 @@ def main(argv: list[str] | None = None) -> int:
     except FcnsegError as exc:
         print(f"fcnseg: error: {exc}", file=sys.stderr)
         return 2
-    except KeyboardInterrupt:
-        print("fcnseg: interrupted", file=sys.stderr)
+    except KeyboardInterrupt as exc:
+        print(f"fcnseg: interrupted{'; ' + str(exc) if str(exc) else ''}", file=sys.stderr)
         return 130
     return int(status or 0)
 

@@ -10,8 +10,11 @@ truncated one, and no temporary file behind.
 from __future__ import annotations
 
 import os
+import signal
 import tempfile
-from collections.abc import Callable
+import threading
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from pathlib import Path
 from typing import BinaryIO
 
@@ -66,6 +69,30 @@ def atomic_write(path: str | Path, write: Callable[[BinaryIO], None], *, fsync: 
     if fsync:
         _fsync_dir(folder)
     return path
+
+
+@contextmanager
+def deferred_interrupts() -> Iterator[None]:
+    """Hold SIGINT / SIGTERM until the block ends, then act on them (main thread only).
+
+    torch's zip writer turns a Ctrl-C inside it into a RuntimeError and a half-written file;
+    held back, the interrupt arrives as usual right after the file is complete and renamed.
+    (Python runs signal handlers in the main thread whichever thread the kernel picked, so
+    a handler, not a signal mask, is what holds them.)
+    """
+    if threading.current_thread() is not threading.main_thread():
+        yield
+        return
+    caught: list[int] = []
+    old = {sig: signal.signal(sig, lambda num, _frame: caught.append(num))
+           for sig in (signal.SIGINT, signal.SIGTERM)}
+    try:
+        yield
+    finally:
+        for sig, handler in old.items():
+            signal.signal(sig, handler)
+        for sig in dict.fromkeys(caught):
+            os.kill(os.getpid(), sig)  # now, with the usual handlers in place
 
 
 def atomic_write_text(path: str | Path, text: str, **options) -> Path:

@@ -80,7 +80,7 @@ def run(args: argparse.Namespace) -> int:
                              "seed": args.seed, "device": args.device,
                              "data_dir": str(data_dir), "data_options": data_options,
                              "out": str(run_dir)})
-    result = fit(config)
+    result = fit(config, overwrite=True)  # the demo's own folder: each demo replaces it
     model = result["model"].eval()
 
     dtype, _ = resolve_precision(next(model.parameters()).device, config.precision)

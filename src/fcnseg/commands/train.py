@@ -64,6 +64,9 @@ def add_parser(subparsers: Any, help_text: str) -> None:
     r.add_argument("--out", metavar="RUN_DIR", help="run folder (checkpoints, logs)")
     r.add_argument("--resume", nargs="?", const="last", metavar="CHECKPOINT",
                    help="continue a run: bare = RUN_DIR/last.pt, or a checkpoint path")
+    r.add_argument("--overwrite", action="store_true", default=None,
+                   help="replace the run already in --out (without it such a folder is "
+                        "refused: nothing a typo can destroy)")
     r.add_argument("--log-every", type=int, help="progress refresh, iterations")
     r.add_argument("--checkpoint-every", type=int, help="also save last.pt every N iterations")
     r.add_argument("--val-every", type=int, help="validate every N epochs (0: never)")
@@ -77,7 +80,7 @@ def _overrides(args: argparse.Namespace) -> dict[str, Any]:
     """The flags the user gave, as TrainConfig fields."""
     from .options import parse_data_options
 
-    skip = {"func", "command", "config", "resume", "data_option"}
+    skip = {"func", "command", "config", "resume", "data_option", "overwrite"}
     values = {k: v for k, v in vars(args).items() if k not in skip and v is not None}
     if args.data_option:
         values["data_options"] = parse_data_options(args.data_option)
@@ -91,7 +94,8 @@ def run(args: argparse.Namespace) -> int:
 
     overrides = _overrides(args)
     if args.resume is None:
-        fit(resolve_config(overrides, args.config, recipe=args.recipe))
+        fit(resolve_config(overrides, args.config, recipe=args.recipe),
+            overwrite=bool(args.overwrite))
         return 0
     if args.resume == "last":  # bare --resume: RUN_DIR/last.pt
         path = Path(overrides.get("out") or TrainConfig().out) / "last.pt"

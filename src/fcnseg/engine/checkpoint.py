@@ -15,7 +15,7 @@ import numpy as np
 import torch
 
 from ..errors import CheckpointError
-from ..fileio import atomic_write
+from ..fileio import atomic_write, deferred_interrupts
 
 # Keys every fcnseg checkpoint has; used to tell our files from any other ``.pt`` file.
 REQUIRED_KEYS = ("model", "model_args", "meta", "fcnseg_version")
@@ -29,8 +29,10 @@ def save_checkpoint(path: str | Path, state: dict[str, Any]) -> Path:
     only then replace ``path``. A crash or SIGKILL at any moment leaves either the old or
     the new checkpoint, never a truncated one.
     """
-    return atomic_write(path, lambda f: torch.save(state, f), fsync=True, error=CheckpointError,
-                        hint="free disk space or choose another run folder with --out")
+    with deferred_interrupts():  # Ctrl-C mid-write: finish the file, then stop
+        return atomic_write(path, lambda f: torch.save(state, f), fsync=True,
+                            error=CheckpointError,
+                            hint="free disk space or choose another run folder with --out")
 
 
 def load_checkpoint(path: str | Path) -> dict[str, Any]:

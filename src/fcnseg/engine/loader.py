@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import random
 from collections.abc import Callable, Iterator
+from concurrent.futures import ThreadPoolExecutor
 from contextlib import contextmanager
 from typing import Any
 
@@ -148,6 +149,10 @@ def build_train_val_data(config: Any) -> tuple[Any, AugmentedDataset, Any]:
                             transform=eval_transform(meta), **config.data_options)
         if config.limit_val:
             val = LimitedDataset(val, config.limit_val)
+        if hasattr(val, "read_raw"):  # a bad val image or mask fails now, not after an epoch
+            with ThreadPoolExecutor(max_workers=4) as pool:  # PIL decodes without the GIL
+                for _ in pool.map(val.read_raw, range(len(val))):
+                    pass
         if len(val) == 0:
             raise DataError(f"the {config.val_split!r} split has no images: "
                             "use --val-split or --val-every 0")

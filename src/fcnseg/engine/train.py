@@ -46,6 +46,7 @@ from .distributed import (
 from .loader import EpochBatchSampler, build_train_val_data
 from .losses import build_loss
 from .optim import build_optimizer, build_scheduler, median_frequency_weights
+from .rundir import check_run_folder, run_folder_lock
 
 
 class DivergedError(FcnsegError):
@@ -130,11 +131,24 @@ def train_one_epoch(model: torch.nn.Module, loader: DataLoader, optimizer: torch
     ctx["seconds"] += time.perf_counter() - start
 
 
-def fit(config: TrainConfig, resume: str | Path | dict | None = None) -> dict[str, Any]:
-    """Train per ``config`` (resuming from a checkpoint path or dict); returns a summary."""
+def fit(config: TrainConfig, resume: str | Path | dict | None = None,
+        overwrite: bool = False) -> dict[str, Any]:
+    """Train per ``config`` (resuming from a checkpoint path or dict); returns a summary.
+
+    A run folder that holds a run is refused unless ``resume`` or ``overwrite``; the
+    folder is locked for the whole run (see :mod:`fcnseg.engine.rundir`).
+    """
     info = setup_distributed(config.device)
+    run_dir = Path(config.out)
     try:
-        return _fit(config, resume, info)
+        if not info.is_main:
+            return _fit(config, resume, info)
+        with run_folder_lock(run_dir):
+            check_run_folder(run_dir, resume is not None, overwrite)
+            return _fit(config, resume, info)
+    except KeyboardInterrupt:
+        raise KeyboardInterrupt(f"the last checkpoint in {run_dir} is intact; resume with "
+                                f"`fcnseg train --resume --out {run_dir}`") from None
     finally:
         cleanup_distributed()
 
@@ -244,8 +258,13 @@ def _fit(config: TrainConfig, resume: Any, info: DistInfo) -> dict[str, Any]:
         f"precision {reason}, {'channels_last' if config.channels_last else 'NCHW'}, "
         f"run folder {run_dir}")
     if ctx["epoch"] >= config.epochs:
-        say(f"nothing to do: the checkpoint already finished {ctx['epoch']} epochs")
-    while ctx["epoch"] < config.epochs:
+        say(f"nothing to do: the checkpoint already finished {ctx['epoch']} epochs; "
+            "give a larger --epochs to go on")
+    elif config.max_steps and ctx["step"] >= config.max_steps:
+        say(f"nothing to do: the run is at its step limit ({ctx['step']} steps, --max-steps "
+            f"{config.max_steps}); go on with --max-steps 0 (no limit) or a larger value")
+    while ctx["epoch"] < config.epochs and not (config.max_steps
+                                                 and ctx["step"] >= config.max_steps):
         epoch = ctx["epoch"]
         sampler.set_epoch(epoch, skip=ctx["iteration"])
         train_one_epoch(model, loader, optimizer, scheduler, scaler, loss_fn, ctx, on_step)
@@ -255,10 +274,15 @@ def _fit(config: TrainConfig, resume: Any, info: DistInfo) -> dict[str, Any]:
         row: dict[str, Any] = {
             "epoch": epoch + 1, "train_loss": ctx["loss_sum"] / max(1, ctx["loss_steps"]),
             "lr": optimizer.param_groups[0]["lr"],
-            "images_per_s": ctx["images"] / max(ctx["seconds"], 1e-9),
+            "images_per_s": ctx["images"] / max(ctx["seconds"], 1e-9), "seconds": ctx["seconds"],
         }
         sync_buffers(unwrap(model), info)  # validate and save the very same model
         last = epoch + 1 == config.epochs or (config.max_steps and ctx["step"] >= config.max_steps)
+        history.append(row)
+        ctx.update(epoch=epoch + 1, iteration=0, loss_sum=0.0, loss_steps=0, images=0,
+                   seconds=0.0)
+        # Saved before validating: a failure there must not cost the epoch's training.
+        save("last.pt", f"after epoch {epoch + 1}")
         if val_ds is not None and ((epoch + 1) % config.val_every == 0 or last):
             # Batched like training (equal sizes share a forward pass; others go one by one);
             # pytorch-fcn's habit: pictures of a few predictions at each validation.
@@ -268,16 +292,11 @@ def _fit(config: TrainConfig, resume: Any, info: DistInfo) -> dict[str, Any]:
                                max_images=config.val_images).compute()
             row.update(val_pixel_accuracy=float(metrics["pixel_accuracy"]),
                        val_miou=float(metrics["miou"]))
-        row["seconds"] = ctx["seconds"]
-        history.append(row)
-        improved = row.get("val_miou", -1.0) > best
-        best = max(best, row.get("val_miou", -1.0))
-        ctx.update(epoch=epoch + 1, iteration=0, loss_sum=0.0, loss_steps=0, images=0,
-                   seconds=0.0)
-        save("last.pt", f"after epoch {epoch + 1}")
-        if info.is_main:
-            if improved:
+            improved, best = row["val_miou"] > best, max(best, row["val_miou"])
+            save("last.pt", f"after validating epoch {epoch + 1}")  # the history's val figures
+            if improved and info.is_main:
                 save_checkpoint(run_dir / "best.pt", state())
+        if info.is_main:
             _write_logs(run_dir, history)
             val = (f", val pixel acc {row['val_pixel_accuracy']:.4f}, mIoU {row['val_miou']:.4f}"
                    if "val_miou" in row else "")
