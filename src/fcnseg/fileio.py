@@ -36,6 +36,15 @@ def ensure_writable_dir(folder: str | Path, what: str = "output folder",
     return folder
 
 
+def check_output_file(path: str | Path, what: str = "output") -> Path:
+    """Before any work: ``path`` must not be a folder and its folder must be writable."""
+    path = Path(path)
+    if path.is_dir():
+        raise FcnsegError(f"{what} {path} is a folder: give a file name, e.g. {path / 'out'}")
+    ensure_writable_dir(path.parent)
+    return path
+
+
 def atomic_write(path: str | Path, write: Callable[[BinaryIO], None], *, fsync: bool = False,
                  error: type[FcnsegError] = FcnsegError,
                  hint: str = "free disk space or choose another output folder") -> Path:

@@ -5,7 +5,6 @@ from __future__ import annotations
 import argparse
 import math
 import sys
-from pathlib import Path
 from typing import Any
 
 from ..data import DATASETS
@@ -113,15 +112,15 @@ def run(args: argparse.Namespace) -> int:
     from ..data import build_dataset
     from ..engine.evaluate import evaluate
     from ..errors import FcnsegError
-    from ..fileio import atomic_write, ensure_writable_dir
+    from ..fileio import atomic_write, check_output_file
     from ..viz import confusion_matrix_figure
 
     if args.limit is not None and args.limit < 1:
         raise FcnsegError(f"--limit {args.limit} must be at least 1")
     # Check every output location before spending minutes on the evaluation.
-    for out in (args.json, args.confusion):
+    for flag, out in (("--json", args.json), ("--confusion", args.confusion)):
         if out is not None:
-            ensure_writable_dir(Path(out).parent)
+            check_output_file(out, flag)
     predictor = load_predictor(args)
     meta = predictor.meta
     print(f"fcnseg: {args.checkpoint}: {meta.num_classes} classes ({meta.name}); "

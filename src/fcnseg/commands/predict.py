@@ -75,7 +75,7 @@ def run(args: argparse.Namespace) -> int:
 
     from ..engine.distributed import rank_and_world
     from ..errors import FcnsegError
-    from ..fileio import ensure_writable_dir
+    from ..fileio import check_output_file, ensure_writable_dir
     from ..inference.batch import collect_inputs, predict_files
     from ..viz import prediction_grid
 
@@ -86,7 +86,7 @@ def run(args: argparse.Namespace) -> int:
     # Fail on an unwritable output before loading anything.
     out = ensure_writable_dir(args.out)
     if args.grid is not None:
-        ensure_writable_dir(Path(args.grid).parent)
+        check_output_file(args.grid, "--grid")
     if args.masks is not None and not Path(args.masks).is_dir():
         raise FcnsegError(f"--masks {args.masks} is not a folder of ground-truth masks")
     files, failures = collect_inputs(args.inputs)
@@ -106,6 +106,9 @@ def run(args: argparse.Namespace) -> int:
     for o in predict_files(predictor, files, out, alpha=args.alpha, probs=args.probs,
                            skip_existing=args.skip_existing, batch_size=args.batch_size,
                            threads=args.threads, rank=rank, world=world):
+        if o.status == "notice":
+            say(f"fcnseg: {o.message}")
+            continue
         counts[o.status] += 1
         bar.update(1)
         if o.status == "failed":

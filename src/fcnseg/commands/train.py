@@ -104,6 +104,6 @@ def run(args: argparse.Namespace) -> int:
         overrides.setdefault("out", str(path.parent))
     # The saved config is the base (same seed, data, schedule); typed flags still override,
     # e.g. --epochs to extend a finished run.
-    saved = load_checkpoint(path)["config"]
+    saved = load_checkpoint(path, resume=True)["config"]
     fit(resolve_config(overrides, args.config, base=saved), resume=path)
     return 0

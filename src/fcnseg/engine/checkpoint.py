@@ -19,6 +19,12 @@ from ..fileio import atomic_write, deferred_interrupts
 
 # Keys every fcnseg checkpoint has; used to tell our files from any other ``.pt`` file.
 REQUIRED_KEYS = ("model", "model_args", "meta", "fcnseg_version")
+# Entry -> the type it must have: a checkpoint's schema, checked on load so that a damaged
+# or hand-made file is named with what it lacks instead of failing deep in the code.
+SCHEMA: dict[str, type | tuple[type, ...]] = {"model": dict, "model_args": dict, "meta": dict}
+RESUME_SCHEMA: dict[str, type | tuple[type, ...]] = {
+    "config": dict, "optimizer": dict, "scheduler": dict, "scaler": dict, "epoch": int,
+    "iteration": int, "rng": dict, "best_miou": (int, float), "history": list}
 
 
 def save_checkpoint(path: str | Path, state: dict[str, Any]) -> Path:
@@ -35,13 +41,16 @@ def save_checkpoint(path: str | Path, state: dict[str, Any]) -> Path:
                             hint="free disk space or choose another run folder with --out")
 
 
-def load_checkpoint(path: str | Path) -> dict[str, Any]:
+def load_checkpoint(path: str | Path, resume: bool = False) -> dict[str, Any]:
     """Load an fcnseg checkpoint on the CPU with ``weights_only=True``.
 
-    Raises :class:`CheckpointError` naming the file when it is missing, corrupt or not an
-    fcnseg checkpoint.
+    Raises :class:`CheckpointError` naming the file when it is missing, corrupt, not an
+    fcnseg checkpoint, or lacks an entry it needs (those of a training state if ``resume``).
     """
     path = Path(path)
+    if path.is_dir():
+        raise CheckpointError(f"{path} is a folder: give a checkpoint file in it, e.g. "
+                              f"{path / 'last.pt'}")
     if not path.is_file():
         raise CheckpointError(
             f"checkpoint {path} does not exist: check the path (e.g. RUN_DIR/best.pt)"
@@ -49,9 +58,8 @@ def load_checkpoint(path: str | Path) -> dict[str, Any]:
     try:
         checkpoint = torch.load(path, map_location="cpu", weights_only=True)
     except Exception as exc:  # pickle, zip and torch errors all mean "unreadable"
-        first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
         raise CheckpointError(
-            f"checkpoint {path} is corrupt or not a PyTorch file ({first[:120]}); "
+            f"checkpoint {path} is corrupt or not a PyTorch file ({first_line(exc)}); "
             "use another checkpoint, e.g. RUN_DIR/best.pt or RUN_DIR/last.pt"
         ) from exc
     if not isinstance(checkpoint, dict) or any(k not in checkpoint for k in REQUIRED_KEYS):
@@ -59,7 +67,22 @@ def load_checkpoint(path: str | Path) -> dict[str, Any]:
             f"{path} is not an fcnseg checkpoint (no {', '.join(REQUIRED_KEYS)} entries); "
             "use a last.pt or best.pt written by `fcnseg train`"
         )
+    schema = {**SCHEMA, **(RESUME_SCHEMA if resume else {})}
+    bad = [key for key, kind in schema.items()
+           if not isinstance(checkpoint.get(key), kind) or isinstance(checkpoint[key], bool)
+           or (kind is dict and key != "scaler" and not checkpoint[key])]
+    if bad:
+        what = "resume from it" if resume else "use it"
+        raise CheckpointError(f"checkpoint {path} lacks or has empty {', '.join(bad)} "
+                              f"entries, so fcnseg cannot {what}; use a last.pt written by "
+                              "`fcnseg train`")
     return checkpoint
+
+
+def first_line(exc: BaseException, limit: int = 160) -> str:
+    """The first line of an error's text, cut at a word boundary within ``limit``."""
+    text = (str(exc).strip() or type(exc).__name__).splitlines()[0]
+    return text if len(text) <= limit else text[:limit].rsplit(" ", 1)[0] + " ..."
 
 
 def check_compatible(checkpoint: dict[str, Any], model_args: dict[str, Any], path: Any,
@@ -113,7 +136,7 @@ def model_from_checkpoint(
         model.load_state_dict(checkpoint["model"])
     except RuntimeError as exc:
         lines = str(exc).strip().splitlines()
-        detail = (lines[1] if len(lines) > 1 else lines[0]).strip()[:160]
+        detail = first_line(RuntimeError(lines[1] if len(lines) > 1 else lines[0]))
         raise CheckpointError(
             f"checkpoint {path} does not fit model {args.get('name')!r} with "
             f"{args.get('num_classes')} classes ({detail}); "

@@ -9,7 +9,10 @@ from __future__ import annotations
 
 import dataclasses
 import json
+import math
 import sys
+import types
+import typing
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -130,16 +133,16 @@ class TrainConfig:
 
     def updated(self, values: dict[str, Any], source: str = "config") -> TrainConfig:
         """A copy with ``values`` applied (keys may use dashes), validated."""
-        names = {f.name for f in dataclasses.fields(self)}
+        hints = typing.get_type_hints(TrainConfig)
         clean = {}
         for key, value in values.items():
             key = key.replace("-", "_")
-            if key not in names:
+            if key not in hints:
                 raise FcnsegError(
                     f"unknown setting {key!r} in {source}: valid settings are "
-                    + ", ".join(sorted(names))
+                    + ", ".join(sorted(hints))
                 )
-            clean[key] = value
+            clean[key] = _typed(key, value, hints[key], source)
         new = dataclasses.replace(self, **clean)
         new.validate()
         return new
@@ -172,12 +175,61 @@ class TrainConfig:
             raise FcnsegError(f"--boundary-weight must be >= 0, got {self.boundary_weight}")
         if self.weight_decay < 0 or not (0 <= self.momentum < 1):
             raise FcnsegError("--weight-decay must be >= 0 and --momentum in [0, 1)")
-        if len(self.crop) != 2 or min(int(v) for v in self.crop) < 1:
+        if not (self.poly_power > 0):
+            raise FcnsegError(f"poly_power must be > 0, got {self.poly_power}")
+        if len(self.crop) != 2 or min(self.crop) < 1:
             raise FcnsegError(f"--crop needs two positive sizes H W, got {self.crop}")
-        self.crop = [int(v) for v in self.crop]
-        if len(self.scale) != 2 or not (0 < float(self.scale[0]) <= float(self.scale[1])):
+        if len(self.scale) != 2 or not (0 < self.scale[0] <= self.scale[1]):
             raise FcnsegError(f"--scale needs MIN MAX with 0 < MIN <= MAX, got {self.scale}")
-        self.scale = [float(v) for v in self.scale]
+
+
+_KINDS = {int: "an integer", float: "a finite number", bool: "true or false", str: "a string",
+          dict: "a table of options"}
+
+
+def _typed(key: str, value: Any, hint: Any, source: str) -> Any:
+    """``value`` checked against the field's type (floats made float); else FcnsegError.
+
+    TOML and JSON know these types, so nothing is guessed: ``"0.01"`` is not a number and
+    ``"no"`` is not false.
+    """
+    origin, args = typing.get_origin(hint), typing.get_args(hint)
+    if value is None and type(None) in args:
+        return None
+    kind = origin or hint
+    if kind in (types.UnionType, typing.Union):  # "str | None" with a value
+        kind = next(a for a in args if a is not type(None))
+    ok = _is_kind(value, list if kind is list else kind)
+    if ok and kind is list:
+        item = args[0] if args else Any
+        ok = all(_is_kind(v, item) for v in value)
+        value = [float(v) for v in value] if ok and item is float else value
+    elif ok and kind is float:
+        value = float(value)
+    if not ok:
+        want = (f"a list of {_KINDS.get(args[0], 'values').split(' ', 1)[1]}s"
+                if kind is list else _KINDS.get(kind, str(kind)))
+        raise FcnsegError(f"setting {key} = {value!r} in {source} must be {want}: "
+                          f"fix it, e.g. {key} = {_example(key)}")
+    return value
+
+
+def _is_kind(value: Any, kind: Any) -> bool:
+    if kind is bool:
+        return isinstance(value, bool)
+    if kind is int:
+        return isinstance(value, int) and not isinstance(value, bool)
+    if kind is float:
+        return isinstance(value, (int, float)) and not isinstance(value, bool) \
+            and math.isfinite(value)
+    return kind is Any or isinstance(value, kind)
+
+
+def _example(key: str) -> str:
+    default = getattr(TrainConfig(), key)
+    if isinstance(default, dict):
+        return "{ size = 64 }"
+    return '"FILE"' if default is None else _toml_value(default)
 
 
 def load_toml(path: str | Path) -> dict[str, Any]:

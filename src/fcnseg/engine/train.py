@@ -162,7 +162,7 @@ def _fit(config: TrainConfig, resume: Any, info: DistInfo) -> dict[str, Any]:
     run_dir = prepare_run_dir(config) if info.is_main else Path(config.out)
     checkpoint = None
     if resume is not None:
-        checkpoint = resume if isinstance(resume, dict) else load_checkpoint(resume)
+        checkpoint = resume if isinstance(resume, dict) else load_checkpoint(resume, resume=True)
     _seed_everything(config.seed)
     device = info.device
     dtype, reason = resolve_precision(device, config.precision)

@@ -27,7 +27,8 @@ from .predictor import Predictor
 
 @dataclass
 class Outcome:
-    """What became of one input: ``status`` is "written", "skipped" or "failed"."""
+    """What became of one input: ``status`` is "written", "skipped" or "failed" (or a
+    "notice" about how it is predicted, before its outcome)."""
 
     path: Path
     status: str
@@ -114,6 +115,11 @@ def predict_files(predictor: Predictor, files: list[Path], out: Path, *, alpha: 
                 if outcome.status != "read":
                     yield outcome
             ready = [o for o in batch if o.status == "read"]
+            for o in ready:
+                if not predictor.fits_whole(*o.image.shape[:2]):
+                    yield Outcome(o.path, "notice", f"{o.path}: {o.image.shape[0]} x "
+                                  f"{o.image.shape[1]} is too large for a whole-image pass in "
+                                  "the free memory: predicted with --mode slide tiles")
             if ready:
                 results = predictor.predict_many([o.image for o in ready])
                 for o, p in zip(ready, results, strict=True):

@@ -32,7 +32,7 @@ from .. import __version__
 from ..data.meta import DatasetMeta
 from ..data.transforms import Normalize
 from ..errors import FcnsegError
-from ..fileio import atomic_write, ensure_writable_dir
+from ..fileio import atomic_write, check_output_file
 from .runtimes import ARGS_KEY, CONFIG_KEY, META_KEY, PRECISION_KEY, OnnxRuntime, _import
 
 OPSET = 17
@@ -84,7 +84,7 @@ def export_onnx(checkpoint: str | Path, out: str | Path, *, int8: bool = False,
         raise FcnsegError(f"--out {out}: an exported model's name ends in .onnx")
     if calibration_size < 1:
         raise FcnsegError(f"--calibration-size {calibration_size} must be at least 1")
-    ensure_writable_dir(out.parent)
+    check_output_file(out, "--out")
     model, meta, ckpt = model_from_checkpoint(checkpoint)
     deployable = Deployable(fold_batchnorm(model), meta).eval()
     images = _calibration_images(ckpt.get("config") or {}, calibration, calibration_size) \

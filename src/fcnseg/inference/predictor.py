@@ -22,6 +22,7 @@ import torch
 
 from ..data.io import read_image
 from ..data.meta import DatasetMeta
+from ..device import available_memory
 from ..errors import OptionError
 from .functional import InferenceOptions, predict_batch, predict_grouped
 from .runtimes import TorchRuntime, load_runtime
@@ -105,11 +106,37 @@ class Predictor:
     def predict_many(self, images: Sequence[ImageLike]) -> list[torch.Tensor]:
         """Probabilities (``C x H x W`` float32 tensors) of images of any sizes.
 
-        Images of equal size go through the model together (one batch).
+        Images of equal size go through the model together (one batch). An image too large
+        for a whole-image pass in the memory available (:meth:`fits_whole`) is predicted
+        with overlapping tiles instead, whose memory does not grow with the image.
         """
         pixels = [to_pixels(img) for img in images]
+        whole = [i for i, p in enumerate(pixels) if self.fits_whole(*p.shape[1:])]
+        tiled = [i for i in range(len(pixels)) if i not in set(whole)]
+        out: list[torch.Tensor | None] = [None] * len(pixels)
         with torch.inference_mode():  # TTA sums views in place: no autograd bookkeeping
-            return predict_grouped(self._runtime, pixels, self.options, "cpu", self._fill)
+            for idx, opts in ((whole, self.options), (tiled, self.tiled_options)):
+                probs = predict_grouped(self._runtime, [pixels[i] for i in idx], opts, "cpu",
+                                        self._fill)
+                for i, p in zip(idx, probs, strict=True):
+                    out[i] = p
+        return out  # type: ignore[return-value]
+
+    def fits_whole(self, height: int, width: int) -> bool:
+        """Whether a whole-image pass over ``height x width`` fits in half the free memory.
+
+        A pass needs about ``160 + 12 x classes`` bytes per pixel (FCN-8s / ResNet-18,
+        measured: benchmarks/RESULTS.md); sliding tiles need a fixed amount.
+        """
+        if self.options.mode == "slide":
+            return True
+        need = height * width * (160 + 12 * self.meta.num_classes)
+        return need <= available_memory() // 2
+
+    @property
+    def tiled_options(self) -> InferenceOptions:
+        """The options with sliding tiles, for images too large for a whole pass."""
+        return dataclasses.replace(self.options, mode="slide")
 
     def predict_pixels(self, batch: torch.Tensor) -> torch.Tensor:
         """Probabilities of a batch ``N x 3 x H x W`` of float RGB pixels in 0-255."""

@@ -22,6 +22,7 @@ import torch
 from ..data.meta import DatasetMeta
 from ..data.transforms import Normalize
 from ..device import cpu_has_fast_bf16, resolve_precision, select_device
+from ..engine.checkpoint import first_line
 from ..errors import CheckpointError, FcnsegError, UnknownNameError
 from .functional import model_forward
 
@@ -71,7 +72,7 @@ class OnnxRuntime:
             self.session = ort.InferenceSession(str(path), options,
                                                 providers=["CPUExecutionProvider"])
         except Exception as exc:  # ONNX Runtime raises its own Fail/InvalidGraph types
-            raise CheckpointError(f"{path} is not a readable ONNX model ({_first_line(exc)}); "
+            raise CheckpointError(f"{path} is not a readable ONNX model ({first_line(exc)}); "
                                   "export it again with `fcnseg export`") from exc
         self.metadata = dict(self.session.get_modelmeta().custom_metadata_map)
         self.precision = self.metadata.get(PRECISION_KEY, "fp32")
@@ -93,7 +94,7 @@ class OpenVinoRuntime:
             model = core.read_model(str(path))
         except Exception as exc:
             raise CheckpointError(f"{path} is not a model OpenVINO can read "
-                                  f"({_first_line(exc)}); export it with `fcnseg export`") from exc
+                                  f"({first_line(exc)}); export it with `fcnseg export`") from exc
         self.metadata = read_onnx_metadata(path) if path.suffix == ".onnx" else \
             _ir_metadata(model)
         int8 = self.metadata.get(PRECISION_KEY) == "int8"
@@ -222,6 +223,3 @@ def _import(module: str, package: str) -> Any:
                           "-c constraints.txt") from exc
 
 
-def _first_line(exc: BaseException) -> str:
-    text = str(exc).strip() or type(exc).__name__
-    return text.splitlines()[0][:200]
