@@ -110,19 +110,20 @@ def measure(config: str, files: dict[str, str], data_dir: str, limit: int, batch
             "miou": miou, "peak_rss_mib": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024}
 
 
-def end_to_end(config: str, files: dict[str, str], data_dir: str) -> dict:
+def end_to_end(config: str, files: dict[str, str], data_dir: str, overlay: bool) -> dict:
     """``fcnseg predict`` on the val folder: decode + predict + write, images/s."""
     kind, runtime, precision = PLAN[config]
     with tempfile.TemporaryDirectory() as out:
         cmd = [sys.executable, "-m", "fcnseg", "predict", "--checkpoint", files[kind],
                "--runtime", runtime, "--precision", precision, str(Path(data_dir) / "val"),
-               "--out", out, "--no-progress"]
+               "--out", out, "--no-progress"] + ([] if overlay else ["--no-overlay"])
         start = time.perf_counter()
         done = subprocess.run(cmd, capture_output=True, text=True, check=True)
         seconds = time.perf_counter() - start
         count = sum(" -> " in line for line in done.stdout.splitlines())
         rate = float(done.stderr.rsplit("(", 1)[1].split(" img/s")[0])
-    return {"config": config, "images": count, "wall_s": seconds, "loop_images_per_s": rate}
+    return {"config": config, "overlay": overlay, "images": count, "wall_s": seconds,
+            "loop_images_per_s": rate}
 
 
 def worker(args: list[str]) -> dict:
@@ -142,11 +143,12 @@ def export_models(checkpoint: str, out: Path, calibration_size: int) -> dict[str
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--checkpoint", required=True)
+    parser.add_argument("--checkpoint", help="a CamVid best.pt (required)")
     parser.add_argument("--data-dir", default="../shared/data/camvid")
     parser.add_argument("--out", type=Path, default=Path("benchmarks/out/inference"))
     parser.add_argument("--json", type=Path, default=Path("benchmarks/out/inference.json"))
-    parser.add_argument("--configs", nargs="+", choices=CONFIGS, default=list(CONFIGS))
+    parser.add_argument("--configs", nargs="+", choices=CONFIGS,
+                        help="default: all, the bf16 ones only where the CPU has bf16 units")
     parser.add_argument("--batches", nargs="+", type=int, default=[1, 8])
     parser.add_argument("--rounds", type=int, default=2)
     parser.add_argument("--limit", type=int, default=101, help="val images (101: all)")
@@ -161,6 +163,10 @@ def main() -> None:
 
     from fcnseg.device import cpu_has_fast_bf16
 
+    if not args.checkpoint:
+        parser.error("--checkpoint is required")
+    if not args.configs:
+        args.configs = [c for c in CONFIGS if cpu_has_fast_bf16() or not c.endswith("bf16")]
     args.out.mkdir(parents=True, exist_ok=True)
     files = export_models(args.checkpoint, args.out, args.calibration_size)
     runs: dict[tuple[str, int], list[dict]] = {}
@@ -191,14 +197,16 @@ def main() -> None:
               f"{d if d is not None else float('nan'):+7.4f} {r['peak_rss_mib']:8.0f}")
     e2e = []
     for config in args.e2e:
-        r = end_to_end(config, files, args.data_dir)
-        model_only = next(x["images_per_s"] for x in rows
-                          if x["config"] == config and x["batch"] == 1)
-        r["fraction_of_model_only"] = r["loop_images_per_s"] / model_only
-        e2e.append(r)
-        print(f"fcnseg predict {config}: {r['loop_images_per_s']:.2f} img/s over "
-              f"{r['images']} images ({100 * r['fraction_of_model_only']:.0f} % of "
-              f"model-only batch 1), {r['wall_s']:.1f} s wall with start-up")
+        for overlay in (True, False):
+            r = end_to_end(config, files, args.data_dir, overlay)
+            model_only = next(x["images_per_s"] for x in rows
+                              if x["config"] == config and x["batch"] == 1)
+            r["fraction_of_model_only"] = r["loop_images_per_s"] / model_only
+            e2e.append(r)
+            print(f"fcnseg predict {config}{'' if overlay else ' --no-overlay'}: "
+                  f"{r['loop_images_per_s']:.2f} img/s over {r['images']} images "
+                  f"({100 * r['fraction_of_model_only']:.0f} % of model-only batch 1), "
+                  f"{r['wall_s']:.1f} s wall with start-up")
     flags = [f for f in open("/proc/cpuinfo").read().split("flags")[1].split("\n")[0].split()
              if f.startswith(("avx512", "amx", "avx_vnni", "avx2"))] \
         if os.path.exists("/proc/cpuinfo") else []

@@ -23,6 +23,7 @@ COMMANDS = {
     "evaluate": "Evaluate a checkpoint on whole images: pixel accuracy, mean IoU, per-class IoU.",
     "predict": "Predict masks for images of any size; write palette PNGs and overlays.",
     "export": "Export a checkpoint to ONNX (fp32 or int8), checked against PyTorch.",
+    "serve": "Serve a model over HTTP: a JSON/PNG API and a web page (FastAPI + uvicorn).",
     "upsample": "Enlarge a photo with a bilinear-initialised transposed convolution.",
 }
 

@@ -9,6 +9,7 @@ so an interrupted run never leaves a half-written PNG behind.
 
 from __future__ import annotations
 
+import io
 import math
 from collections.abc import Sequence
 from pathlib import Path
@@ -85,8 +86,14 @@ def png_palette(palette: Palette) -> list[int]:
     return [int(v) for c in colours for v in c]
 
 
-def save_palette_png(mask: Any, palette: Palette, path: str | Path) -> Path:
-    """Write a mode "P" PNG whose pixel values are the class indices (VOC-compatible)."""
+# zlib level 1 for masks and overlays: PIL's default (6) spent ~90 ms of a 360 x 480
+# prediction's ~200 ms writing its two PNGs, level 1 ~23 ms, for files a few % larger
+# (benchmarks/RESULTS.md, session 7).
+PNG_LEVEL = 1
+
+
+def palette_image(mask: Any, palette: Palette) -> Image.Image:
+    """A mode "P" image whose pixel values are the class indices (VOC-compatible)."""
     m = _np(mask)
     if m.ndim != 2:
         raise ValueError(f"mask must be H x W, got shape {m.shape}")
@@ -95,14 +102,29 @@ def save_palette_png(mask: Any, palette: Palette, path: str | Path) -> Path:
     u8 = np.ascontiguousarray(m, dtype=np.uint8)
     img = Image.frombytes("P", (u8.shape[1], u8.shape[0]), u8.tobytes())
     img.putpalette(png_palette(palette))
-    return atomic_write(path, lambda f: img.save(f, format="PNG"))
+    return img
+
+
+def save_palette_png(mask: Any, palette: Palette, path: str | Path) -> Path:
+    """Write the :func:`palette_image` of ``mask`` as a PNG, atomically."""
+    img = palette_image(mask, palette)
+    return atomic_write(path, lambda f: img.save(f, format="PNG", compress_level=PNG_LEVEL))
+
+
+def png_bytes(image: Image.Image | np.ndarray) -> bytes:
+    """The PNG encoding of a PIL image or a uint8 array, in memory."""
+    img = image if isinstance(image, Image.Image) else Image.fromarray(np.ascontiguousarray(image))
+    buffer = io.BytesIO()
+    img.save(buffer, format="PNG", compress_level=PNG_LEVEL)
+    return buffer.getvalue()
 
 
 def save_image(image: np.ndarray, path: str | Path) -> Path:
     """Write a uint8 ``H x W x 3`` array as an image (format from the suffix), atomically."""
     img = Image.fromarray(np.ascontiguousarray(image))
     fmt = Image.registered_extensions().get(Path(path).suffix.lower(), "PNG")
-    return atomic_write(path, lambda f: img.save(f, format=fmt))
+    options = {"compress_level": PNG_LEVEL} if fmt == "PNG" else {}
+    return atomic_write(path, lambda f: img.save(f, format=fmt, **options))
 
 
 def new_figure(width: float, height: float):

@@ -2,10 +2,10 @@
 
 For each input ``DIR/<stem>.png`` holds the class indices (a VOC-style palette PNG of
 exactly the input's size), ``DIR/<stem>_overlay.png`` the image with the colour mask
-blended in, and with ``--probs`` ``DIR/<stem>_probs.npy`` the class probabilities
-(C x H x W, float16). A file that cannot be read is reported and skipped; the exit status
-is then 1 (2 when nothing could be predicted). Every file is written atomically; under
-``torchrun`` each process predicts its own share of the inputs.
+blended in (unless ``--no-overlay``), and with ``--probs`` ``DIR/<stem>_probs.npy`` the
+class probabilities (C x H x W, float16). A file that cannot be read is reported and
+skipped; the exit status is then 1 (2 when nothing could be predicted). Every file is
+written atomically; under ``torchrun`` each process predicts its own share of the inputs.
 """
 
 from __future__ import annotations
@@ -28,6 +28,8 @@ def add_parser(subparsers: Any, help_text: str) -> None:
                    help="a best.pt / last.pt, or an exported model.onnx")
     p.add_argument("--out", required=True, metavar="DIR", help="output folder")
     p.add_argument("--alpha", type=float, default=0.5, help="overlay opacity (default 0.5)")
+    p.add_argument("--no-overlay", action="store_true",
+                   help="write the masks only (no <stem>_overlay.png): faster on big folders")
     p.add_argument("--probs", action="store_true",
                    help="also write <stem>_probs.npy: class probabilities, float16 C x H x W")
     p.add_argument("--skip-existing", action="store_true",
@@ -103,7 +105,8 @@ def run(args: argparse.Namespace) -> int:
     start = time.perf_counter()
     bar = tqdm(total=mine, unit="img", disable=args.no_progress or None, dynamic_ncols=True)
     say = print if args.no_progress else tqdm.write
-    for o in predict_files(predictor, files, out, alpha=args.alpha, probs=args.probs,
+    for o in predict_files(predictor, files, out, alpha=args.alpha,
+                           overlay=not args.no_overlay, probs=args.probs,
                            skip_existing=args.skip_existing, batch_size=args.batch_size,
                            threads=args.threads, rank=rank, world=world):
         if o.status == "notice":

@@ -14,6 +14,7 @@ Why not just ``np.array(Image.open(path).convert("RGB"))``:
 
 from __future__ import annotations
 
+import io
 from pathlib import Path
 
 import numpy as np
@@ -28,26 +29,42 @@ ImageFile.LOAD_TRUNCATED_IMAGES = False
 IMAGE_EXTENSIONS = (".jpg", ".jpeg", ".png", ".bmp", ".tif", ".tiff", ".webp", ".ppm", ".pgm")
 
 
-def _open(path: str | Path) -> Image.Image:
-    """Open and fully decode ``path`` or raise DataError naming it."""
-    path = Path(path)
+class NotAnImageError(DataError):
+    """Bytes that no image decoder recognises."""
+
+
+class ImageTooLargeError(DataError):
+    """An image with more pixels than allowed (a decompression bomb, or over a limit)."""
+
+
+def _open(source: str | Path | bytes, name: str | None = None,
+          max_pixels: int | None = None) -> Image.Image:
+    """Open and fully decode a file or in-memory bytes, or raise DataError naming it.
+
+    ``max_pixels`` refuses larger images from their header, before decoding a byte.
+    """
+    label = name or ("upload" if isinstance(source, bytes) else str(source))
     if ImageFile.LOAD_TRUNCATED_IMAGES:
         # Re-disable: silently padding truncated files would mislabel pixels.
         ImageFile.LOAD_TRUNCATED_IMAGES = False
-    if not path.is_file():
-        raise DataError(f"{path}: file not found (check the path and the data set layout)")
+    if not isinstance(source, bytes) and not Path(source).is_file():
+        raise DataError(f"{label}: file not found (check the path and the data set layout)")
     try:
-        img = Image.open(path)
+        img = Image.open(io.BytesIO(source) if isinstance(source, bytes) else source)
+        if max_pixels is not None and img.width * img.height > max_pixels:
+            raise ImageTooLargeError(f"{label}: {img.width} x {img.height} has more than "
+                                     f"{max_pixels} pixels; resize it")
         img.load()  # decode now so that truncated / corrupt data fails here, naming the file
     except UnidentifiedImageError as exc:
-        raise DataError(f"{path}: not an image or corrupt (re-export or remove it)") from exc
+        raise NotAnImageError(f"{label}: not an image or corrupt (re-export or remove it)") \
+            from exc
     except Image.DecompressionBombError as exc:  # a header claiming billions of pixels
-        raise DataError(f"{path}: too large to decode safely ({exc}); "
-                        "resize it or split it into tiles") from exc
+        raise ImageTooLargeError(f"{label}: too large to decode safely ({exc}); "
+                                 "resize it or split it into tiles") from exc
     except PermissionError as exc:
-        raise DataError(f"{path}: permission denied (make it readable)") from exc
+        raise DataError(f"{label}: permission denied (make it readable)") from exc
     except (OSError, SyntaxError, ValueError) as exc:
-        raise DataError(f"{path}: corrupt or truncated image ({exc}); re-export or remove it") \
+        raise DataError(f"{label}: corrupt or truncated image ({exc}); re-export or remove it") \
             from exc
     return img
 
@@ -70,19 +87,22 @@ def _to_uint8(arr: np.ndarray) -> np.ndarray:
     return np.clip((arr * 255 + top // 2) // top, 0, 255).astype(np.uint8)
 
 
-def read_image(path: str | Path) -> np.ndarray:
-    """Read an image as a uint8 ``H x W x 3`` RGB array.
+def read_image(path: str | Path | bytes, name: str | None = None,
+               max_pixels: int | None = None) -> np.ndarray:
+    """Read an image (a file, or the bytes of one) as a uint8 ``H x W x 3`` RGB array.
 
     EXIF orientation is applied; grayscale, LA, palette, CMYK and YCbCr become RGB; RGBA
     *drops* its alpha channel (the colour under transparent pixels is kept as stored, not
     composited onto a background); 16-bit images are scaled to 8 bits, not clipped.
-    Missing, corrupt, truncated or non-image files raise :class:`DataError` naming the file.
+    Missing, corrupt, truncated or non-image files raise :class:`DataError` naming the file
+    (``name``, for bytes); more than ``max_pixels`` pixels raise :class:`ImageTooLargeError`.
     """
-    img = _open(path)
+    img = _open(path, name, max_pixels)
+    label = name or ("upload" if isinstance(path, bytes) else path)
     try:
         img = ImageOps.exif_transpose(img)
     except Exception as exc:  # a broken EXIF block should not make the pixels unusable
-        raise DataError(f"{path}: unreadable EXIF orientation ({exc}); strip EXIF") from exc
+        raise DataError(f"{label}: unreadable EXIF orientation ({exc}); strip EXIF") from exc
     mode = img.mode
     if mode in ("I;16", "I;16B", "I;16L", "I;16N", "I", "F"):
         gray = _to_uint8(np.asarray(img))
@@ -97,7 +117,7 @@ def read_image(path: str | Path) -> np.ndarray:
         img = img.convert("RGB")
     arr = np.asarray(img)
     if arr.ndim != 3 or arr.shape[2] != 3 or arr.dtype != np.uint8:  # pragma: no cover
-        raise DataError(f"{path}: unsupported image mode {mode!r}; convert it to 8-bit RGB")
+        raise DataError(f"{label}: unsupported image mode {mode!r}; convert it to 8-bit RGB")
     return np.ascontiguousarray(arr)
 
 

@@ -16,9 +16,11 @@ import os
 from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
+from typing import Any
 
 from ..errors import FcnsegError
-from ..fileio import ensure_writable_dir
+from ..fileio import atomic_write_text, ensure_writable_dir
+from .config import to_toml
 
 LOCK_NAME = ".fcnseg.lock"
 
@@ -64,6 +66,13 @@ def run_folder_lock(run_dir: Path) -> Iterator[Path]:
         yield run_dir
     finally:
         os.close(fd)  # releases the flock; the file stays (removing it would race a waiter)
+
+
+def prepare_run_dir(config: Any) -> Path:
+    """Write the run's ``config.toml``, before any training work (after the checks above)."""
+    run_dir = ensure_writable_dir(config.out, what="run folder (--out)")
+    atomic_write_text(run_dir / "config.toml", to_toml(config))
+    return run_dir
 
 
 def remove_stale_temporaries(run_dir: Path) -> list[Path]:

@@ -24,7 +24,7 @@ from tqdm import tqdm
 from .. import __version__
 from ..device import autocast, resolve_precision
 from ..errors import CheckpointError, DataError, FcnsegError
-from ..fileio import atomic_write_text, ensure_writable_dir
+from ..fileio import atomic_write_text
 from .checkpoint import (
     capture_rng_state,
     check_compatible,
@@ -32,7 +32,7 @@ from .checkpoint import (
     restore_rng_state,
     save_checkpoint,
 )
-from .config import TrainConfig, to_toml
+from .config import TrainConfig
 from .distributed import (
     DistInfo,
     all_reduce_sum,
@@ -46,21 +46,11 @@ from .distributed import (
 from .loader import EpochBatchSampler, build_train_val_data
 from .losses import build_loss
 from .optim import build_optimizer, build_scheduler, median_frequency_weights
-from .rundir import check_run_folder, run_folder_lock
+from .rundir import check_run_folder, prepare_run_dir, run_folder_lock
 
 
 class DivergedError(FcnsegError):
     """The loss became NaN or infinite."""
-
-
-def prepare_run_dir(config: TrainConfig) -> Path:
-    """Create the run folder and write config.toml there, before any training work.
-
-    An unwritable folder fails here, in a second, not after an epoch of training.
-    """
-    run_dir = ensure_writable_dir(config.out, what="run folder (--out)")
-    atomic_write_text(run_dir / "config.toml", to_toml(config))
-    return run_dir
 
 
 def _seed_everything(seed: int) -> None:

@@ -62,13 +62,19 @@ def collect_inputs(patterns: list[str]) -> tuple[list[Path], list[tuple[str, str
     return unique, failures
 
 
-def output_names(files: list[Path], probs: bool) -> dict[Path, list[str]]:
-    """The output file names of each input; two inputs writing one name is an error."""
-    names: dict[Path, list[str]] = {}
+def output_names(files: list[Path], probs: bool = False,
+                 overlay: bool = True) -> dict[Path, dict[str, str]]:
+    """The output file names of each input (``{"mask", "overlay"?, "probs"?}``); two
+    inputs writing one name is an error."""
+    names: dict[Path, dict[str, str]] = {}
     owner: dict[str, Path] = {}
     for f in files:
-        mine = [f"{f.stem}.png", f"{f.stem}_overlay.png"] + ([f"{f.stem}_probs.npy"] * probs)
-        for name in mine:
+        mine = {"mask": f"{f.stem}.png"}
+        if overlay:
+            mine["overlay"] = f"{f.stem}_overlay.png"
+        if probs:
+            mine["probs"] = f"{f.stem}_probs.npy"
+        for name in mine.values():
             if name in owner:
                 raise FcnsegError(f"{owner[name]} and {f} would both write {name}: "
                                   "rename one or predict them into different --out folders")
@@ -78,15 +84,16 @@ def output_names(files: list[Path], probs: bool) -> dict[Path, list[str]]:
 
 
 def predict_files(predictor: Predictor, files: list[Path], out: Path, *, alpha: float = 0.5,
-                  probs: bool = False, skip_existing: bool = False, batch_size: int = 1,
-                  threads: int = 2, rank: int = 0, world: int = 1) -> Iterator[Outcome]:
+                  overlay: bool = True, probs: bool = False, skip_existing: bool = False,
+                  batch_size: int = 1, threads: int = 2, rank: int = 0,
+                  world: int = 1) -> Iterator[Outcome]:
     """Predict ``files`` into ``out``, yielding an :class:`Outcome` per file of this rank.
 
-    Writes ``<stem>.png`` (palette PNG of class ids, the image's exact size),
-    ``<stem>_overlay.png`` and, with ``probs``, ``<stem>_probs.npy`` (float16 C x H x W).
-    A file that cannot be read is reported and skipped; the rest go on.
+    Writes ``<stem>.png`` (palette PNG of class ids, the image's exact size), unless not
+    ``overlay`` ``<stem>_overlay.png``, and with ``probs`` ``<stem>_probs.npy`` (float16
+    C x H x W). A file that cannot be read is reported and skipped; the rest go on.
     """
-    names = output_names(files, probs)  # every rank checks every name: same answer on all
+    names = output_names(files, probs, overlay)  # every rank checks every name alike
     mine = files[rank::world]
     lookahead = max(2 * batch_size, 4)
     with ThreadPoolExecutor(max_workers=max(1, threads)) as pool:
@@ -99,7 +106,7 @@ def predict_files(predictor: Predictor, files: list[Path], out: Path, *, alpha: 
                 f = next(todo, None)
                 if f is None:
                     return
-                if skip_existing and all((out / n).is_file() for n in names[f]):
+                if skip_existing and all((out / n).is_file() for n in names[f].values()):
                     reads.append(_done(Outcome(f, "skipped", "outputs exist")))
                 else:
                     reads.append(pool.submit(_read, f))
@@ -145,14 +152,16 @@ def _read(path: Path) -> Outcome:
                        else f"{path}: {message}")
 
 
-def _write(predictor: Predictor, o: Outcome, out: Path, names: list[str], alpha: float,
+def _write(predictor: Predictor, o: Outcome, out: Path, names: dict[str, str], alpha: float,
            probs: np.ndarray | None) -> None:
     from ..fileio import atomic_write
     from ..viz import overlay, save_image, save_palette_png
 
     meta = predictor.meta
     assert o.image is not None and o.mask is not None
-    save_palette_png(o.mask, meta.palette, out / names[0])
-    save_image(overlay(o.image, o.mask, meta.palette, alpha, meta.ignore_index), out / names[1])
+    save_palette_png(o.mask, meta.palette, out / names["mask"])
+    if "overlay" in names:
+        save_image(overlay(o.image, o.mask, meta.palette, alpha, meta.ignore_index),
+                   out / names["overlay"])
     if probs is not None:
-        atomic_write(out / names[2], lambda fh: np.save(fh, probs))
+        atomic_write(out / names["probs"], lambda fh: np.save(fh, probs))

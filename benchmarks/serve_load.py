@@ -1,0 +1,168 @@
+"""Load on ``fcnseg serve`` (loopback only, bounded in requests and time).
+
+Starts ``fcnseg serve`` on a free 127.0.0.1 port, then for each client count N sends CamVid
+val images (360 x 480 PNGs, raw bodies) from N threads for ``--seconds``; reports requests/s,
+latency percentiles, errors and the server's peak RSS. An overload phase (many clients, a
+small queue) shows the 503 + Retry-After answers instead of growing memory. The model's own
+rate is ``fcnseg predict`` on the same images in the same run (decode + predict + write).
+
+    python benchmarks/serve_load.py --checkpoint runs/camvid/best.pt --json out.json
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import socket
+import statistics
+import subprocess
+import sys
+import tempfile
+import threading
+import time
+import urllib.error
+import urllib.request
+from pathlib import Path
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def start(model: list[str], extra: list[str]) -> tuple[subprocess.Popen, str]:
+    port = free_port()
+    proc = subprocess.Popen([sys.executable, "-m", "fcnseg", "serve", *model, "--port",
+                             str(port), *extra], stderr=subprocess.DEVNULL)
+    base = f"http://127.0.0.1:{port}"
+    for _ in range(600):
+        try:
+            with urllib.request.urlopen(base + "/ready", timeout=2):
+                return proc, base
+        except OSError:
+            time.sleep(0.2)
+    proc.kill()
+    raise SystemExit("the server did not become ready")
+
+
+def peak_rss_mib(pid: int) -> float:
+    for line in Path(f"/proc/{pid}/status").read_text().splitlines():
+        if line.startswith("VmHWM:"):
+            return int(line.split()[1]) / 1024
+    return float("nan")
+
+
+def post(url: str, body: bytes) -> tuple[int, float]:
+    req = urllib.request.Request(url, data=body, headers={"content-type": "image/png"})
+    start = time.perf_counter()
+    try:
+        with urllib.request.urlopen(req, timeout=300) as r:
+            r.read()
+            status = r.status
+    except urllib.error.HTTPError as e:
+        e.read()
+        status = e.code
+    except OSError:
+        status = -1
+    return status, time.perf_counter() - start
+
+
+def load(base: str, bodies: list[bytes], clients: int, seconds: float,
+         max_requests: int = 5000) -> dict:
+    """``clients`` threads posting for ``seconds`` (at most ``max_requests`` in all)."""
+    results: list[tuple[int, float]] = []
+    lock = threading.Lock()
+    deadline = time.perf_counter() + seconds
+
+    def client(k: int) -> None:
+        i = k
+        while time.perf_counter() < deadline:
+            with lock:
+                if len(results) >= max_requests:
+                    return
+            r = post(base + "/v1/segment", bodies[i % len(bodies)])
+            with lock:
+                results.append(r)
+            i += clients
+
+    start = time.perf_counter()
+    threads = [threading.Thread(target=client, args=(k,)) for k in range(clients)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    wall = time.perf_counter() - start
+    ok = sorted(lat for status, lat in results if status == 200)
+    q = statistics.quantiles(ok, n=100) if len(ok) >= 2 else [float("nan")] * 99
+    return {"clients": clients, "requests": len(results), "ok": len(ok),
+            "busy_503": sum(s == 503 for s, _ in results),
+            "errors": sum(s not in (200, 503) for s, _ in results),
+            "requests_per_s": len(ok) / wall, "p50_s": q[49], "p95_s": q[94], "p99_s": q[98]}
+
+
+def predict_rate(model: list[str], folder: Path) -> float:
+    """``fcnseg predict`` images/s on ``folder`` (its own loop rate, start-up excluded)."""
+    with tempfile.TemporaryDirectory() as out:
+        done = subprocess.run([sys.executable, "-m", "fcnseg", "predict", *model, str(folder),
+                               "--out", out, "--no-progress"], capture_output=True, text=True,
+                              check=True)
+    return float(done.stderr.rsplit("(", 1)[1].split(" img/s")[0])
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--checkpoint", required=True)
+    parser.add_argument("--runtime", default="auto")
+    parser.add_argument("--data-dir", default="../shared/data/camvid")
+    parser.add_argument("--images", type=int, default=24, help="distinct val images sent")
+    parser.add_argument("--clients", nargs="+", type=int, default=[1, 2, 4])
+    parser.add_argument("--seconds", type=float, default=30)
+    parser.add_argument("--overload-clients", type=int, default=16)
+    parser.add_argument("--json", type=Path, default=Path("benchmarks/out/serve_load.json"))
+    args = parser.parse_args()
+    model = ["--checkpoint", args.checkpoint, "--runtime", args.runtime]
+    files = sorted((Path(args.data_dir) / "val").glob("*.png"))[:args.images]
+    bodies = [f.read_bytes() for f in files]
+    with tempfile.TemporaryDirectory() as tmp:
+        for f in files:
+            os.symlink(f.resolve(), Path(tmp) / f.name)
+        model_rate = predict_rate(model, Path(tmp))
+    print(f"fcnseg predict on the same {len(files)} images: {model_rate:.2f} img/s")
+    rows = []
+    proc, base = start(model, [])
+    try:
+        post(base + "/v1/segment", bodies[0])  # warm-up
+        for n in args.clients:
+            r = load(base, bodies, n, args.seconds)
+            r["fraction_of_predict"] = r["requests_per_s"] / model_rate
+            rows.append(r)
+            print(f"{n:3d} clients: {r['requests_per_s']:.2f} req/s "
+                  f"({100 * r['fraction_of_predict']:.0f} % of predict), p50 {r['p50_s']:.2f} s,"
+                  f" p95 {r['p95_s']:.2f} s, p99 {r['p99_s']:.2f} s, {r['errors']} errors, "
+                  f"{r['busy_503']} x 503", flush=True)
+        rss = peak_rss_mib(proc.pid)
+    finally:
+        proc.terminate()
+        proc.wait()
+    proc, base = start(model, ["--queue", "2"])
+    try:
+        over = load(base, bodies, args.overload_clients, args.seconds / 2)
+        over["peak_rss_mib"] = peak_rss_mib(proc.pid)
+    finally:
+        proc.terminate()
+        proc.wait()
+    print(f"overload, {args.overload_clients} clients, queue 2: {over['ok']} ok, "
+          f"{over['busy_503']} x 503, {over['errors']} other errors, peak RSS "
+          f"{over['peak_rss_mib']:.0f} MiB (normal load: {rss:.0f} MiB)")
+    report = {"command": " ".join([Path(sys.executable).name, *sys.argv]),
+              "predict_images_per_s": model_rate, "rows": rows, "peak_rss_mib": rss,
+              "overload": over}
+    args.json.parent.mkdir(parents=True, exist_ok=True)
+    args.json.write_text(json.dumps(report, indent=2))
+    print(f"wrote {args.json}")
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,65 @@
+"""``fcnseg serve``: a trained model behind an HTTP API and a web page (FastAPI + uvicorn)."""
+
+from __future__ import annotations
+
+import argparse
+import os
+import sys
+from typing import Any
+
+from .options import add_inference_options, load_predictor
+
+DEFAULTS = {"max_upload_mb": 20.0, "max_pixels": 25_000_000, "concurrency": 1, "queue": 8}
+
+
+def add_parser(subparsers: Any, help_text: str) -> None:
+    p = subparsers.add_parser("serve", help=help_text, description=help_text)
+    p.add_argument("--checkpoint", required=True, metavar="MODEL",
+                   help="a best.pt / last.pt, or an exported model.onnx")
+    p.add_argument("--host", default="127.0.0.1",
+                   help="address to bind (default 127.0.0.1: this machine only; 0.0.0.0 "
+                        "opens it to the network)")
+    p.add_argument("--port", type=int, default=8000, help="port (default 8000)")
+    p.add_argument("--api-key", default=None,
+                   help="require this X-API-Key header on /v1/* (default: the "
+                        "FCNSEG_API_KEY environment variable, else no key)")
+    p.add_argument("--max-upload-mb", type=float, default=DEFAULTS["max_upload_mb"],
+                   help="largest upload, MB (default 20; larger: 413)")
+    p.add_argument("--max-pixels", type=int, default=DEFAULTS["max_pixels"],
+                   help="largest image, pixels (default 25000000; larger: 413)")
+    p.add_argument("--concurrency", type=int, default=DEFAULTS["concurrency"],
+                   help="model calls at once (default 1: one call already uses every core)")
+    p.add_argument("--queue", type=int, default=DEFAULTS["queue"],
+                   help="requests waiting for the model before 503 + Retry-After (default 8)")
+    add_inference_options(p)
+    p.set_defaults(func=run)
+
+
+def run(args: argparse.Namespace) -> int:
+    from ..errors import FcnsegError
+    from ..inference.runtimes import _import
+
+    _import("fastapi", "fastapi")  # the serve extra: a clear line if it is missing
+    from ..serve import ServeSettings, create_app
+    from ..serve.server import check_address, run_server
+
+    if args.concurrency < 1 or args.queue < 0 or args.max_pixels < 1 or args.max_upload_mb <= 0:
+        raise FcnsegError("--concurrency and --max-pixels must be >= 1, --queue >= 0, "
+                          "--max-upload-mb > 0")
+    if not 0 <= args.port <= 65535:
+        raise FcnsegError(f"--port {args.port} must be between 0 and 65535")
+    settings = ServeSettings(args.max_upload_mb, args.max_pixels, args.concurrency, args.queue,
+                             args.api_key or os.environ.get("FCNSEG_API_KEY") or None)
+    try:
+        check_address(args.host, args.port)
+    except OSError as exc:  # port in use, address not available: say so before loading
+        raise FcnsegError(f"cannot listen on {args.host}:{args.port} ({exc.strerror or exc}): "
+                          "choose another --port or --host") from exc
+    predictor = load_predictor(args)
+    app = create_app(predictor, settings)
+    key = "; X-API-Key required on /v1/*" if settings.api_key else ""
+    print(f"fcnseg serve: {args.checkpoint} ({predictor.meta.num_classes} classes, "
+          f"{predictor.reason}) on http://{args.host}:{args.port}/ (API docs: /docs{key})",
+          file=sys.stderr, flush=True)
+    run_server(app, args.host, args.port)
+    return 0

@@ -1,0 +1,233 @@
+"""The HTTP API and web page of ``fcnseg serve``: one :class:`Predictor`, loaded once.
+
+Requests are admitted up to ``concurrency + queue`` at a time (beyond that: 503 with
+Retry-After, so memory stays bounded under any load); model calls run off the event loop
+in a pool of ``concurrency`` threads; a request whose client has gone before its turn is
+dropped without using the model. Bad uploads get a JSON ``{"error": ...}`` with 400, 411,
+413 or 415; nothing a request carries reaches a shell or the file system.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import base64
+import hmac
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import asdict, dataclass
+from pathlib import Path
+from typing import Any, Literal
+
+import numpy as np
+import torch
+from fastapi import Depends, FastAPI, Query, Request
+from fastapi.exceptions import RequestValidationError
+from fastapi.responses import FileResponse, JSONResponse, Response
+from fastapi.staticfiles import StaticFiles
+from starlette.concurrency import run_in_threadpool
+
+from .. import __version__
+from ..data.io import ImageTooLargeError, NotAnImageError, read_image
+from ..errors import FcnsegError
+from ..inference import MODES, Predictor
+from ..viz import overlay, palette_image, png_bytes
+
+STATIC = Path(__file__).parent / "static"
+RAW_TYPES = ("image/", "application/octet-stream")
+
+
+@dataclass(frozen=True)
+class ServeSettings:
+    """Limits of the service (``fcnseg serve --help`` states the defaults)."""
+
+    max_upload_mb: float = 20.0
+    max_pixels: int = 25_000_000
+    concurrency: int = 1  # model calls at once: one already uses every core of a CPU
+    queue: int = 8  # requests waiting for the model before 503
+    api_key: str | None = None
+
+
+class ApiError(Exception):
+    """An error answered as ``{"error": message}`` with ``status``."""
+
+    def __init__(self, status: int, message: str, headers: dict[str, str] | None = None):
+        super().__init__(message)
+        self.status, self.message, self.headers = status, message, headers or {}
+
+
+class Gate:
+    """Bounded admission and a bounded pool of model threads."""
+
+    def __init__(self, settings: ServeSettings) -> None:
+        self.limit = settings.concurrency + settings.queue
+        self.admitted = 0
+        self.slots = asyncio.Semaphore(settings.concurrency)
+        self.pool = ThreadPoolExecutor(settings.concurrency, thread_name_prefix="fcnseg-model")
+        self.draining = False
+
+    def admit(self) -> None:
+        if self.draining:
+            raise ApiError(503, "the server is shutting down", {"Retry-After": "5"})
+        if self.admitted >= self.limit:
+            raise ApiError(503, f"busy: {self.limit} requests in progress or queued; retry "
+                                "shortly", {"Retry-After": "1"})
+        self.admitted += 1
+
+    def leave(self) -> None:
+        self.admitted -= 1
+
+    async def run(self, request: Request, fn: Any, *args: Any) -> Any:
+        async with self.slots:
+            if await request.is_disconnected():  # abandoned while queued: skip the model
+                raise ApiError(499, "client closed the request")
+            return await asyncio.get_running_loop().run_in_executor(self.pool, fn, *args)
+
+
+def create_app(predictor: Predictor, settings: ServeSettings | None = None) -> FastAPI:
+    """The FastAPI application serving ``predictor``."""
+    settings = settings or ServeSettings()
+    app = FastAPI(title="fcnseg", version=__version__,
+                  description="Semantic segmentation with a Fully Convolutional Network.")
+    app.state.gate = gate = Gate(settings)
+    app.state.predictor = predictor
+
+    @app.exception_handler(ApiError)
+    async def api_error(_: Request, exc: ApiError) -> JSONResponse:
+        return JSONResponse({"error": exc.message}, exc.status, headers=exc.headers)
+
+    @app.exception_handler(RequestValidationError)
+    async def bad_parameter(_: Request, exc: RequestValidationError) -> JSONResponse:
+        parts = [f"{'.'.join(str(x) for x in e['loc'][1:]) or 'request'}: {e['msg']}"
+                 for e in exc.errors()]
+        return JSONResponse({"error": "; ".join(parts)}, 422)
+
+    @app.exception_handler(Exception)
+    async def unexpected(_: Request, exc: Exception) -> JSONResponse:  # a bug, not the input
+        return JSONResponse({"error": f"internal error ({type(exc).__name__})"}, 500)
+
+    async def api_key(request: Request) -> None:
+        if settings.api_key and not hmac.compare_digest(
+                request.headers.get("x-api-key", ""), settings.api_key):
+            raise ApiError(401, "missing or wrong X-API-Key header")
+
+    @app.get("/health", summary="Liveness: the process answers")
+    async def health() -> dict[str, str]:
+        return {"status": "ok"}
+
+    @app.get("/ready", summary="Readiness: the model is loaded and requests are accepted")
+    async def ready() -> JSONResponse:
+        ok = not gate.draining
+        return JSONResponse({"ready": ok}, 200 if ok else 503)
+
+    @app.get("/v1/model", dependencies=[Depends(api_key)], summary="What the model is")
+    async def model() -> dict[str, Any]:
+        return describe(predictor, settings)
+
+    @app.post("/v1/segment", dependencies=[Depends(api_key)],
+              summary="Segment one image (multipart field 'image', or a raw image body)",
+              responses={200: {"content": {"image/png": {}, "application/json": {}}}})
+    async def segment(request: Request,
+                      output: Literal["mask", "overlay", "json"] = "mask",
+                      mode: Literal[MODES] | None = None,  # type: ignore[valid-type]
+                      flip: bool = False,
+                      alpha: float = Query(0.5, ge=0.0, le=1.0),
+                      mask: bool = Query(False, description="json: include the mask PNG "
+                                                            "(base64)")) -> Response:
+        gate.admit()
+        try:
+            data, name = await read_upload(request, settings)
+            image = await run_in_threadpool(decode, data, name, settings.max_pixels)
+            p = predictor.with_options(mode=mode or predictor.options.mode,
+                                       flip=flip or predictor.options.flip)
+            probs = await gate.run(request, p.predict_many, [image])
+            labels = probs[0].argmax(0).to(torch.uint8).numpy()
+            return await run_in_threadpool(render, predictor, image, labels, output, alpha,
+                                           mask)
+        finally:
+            gate.leave()
+
+    app.mount("/static", StaticFiles(directory=STATIC), name="static")
+
+    @app.get("/", include_in_schema=False)
+    async def page() -> FileResponse:
+        return FileResponse(STATIC / "index.html")
+
+    return app
+
+
+def describe(predictor: Predictor, settings: ServeSettings) -> dict[str, Any]:
+    """The ``/v1/model`` document."""
+    meta = predictor.meta
+    return {
+        "classes": [{"id": i, "name": n, "color": list(c)} for i, (n, c) in
+                    enumerate(zip(meta.class_names, meta.palette, strict=True))],
+        "ignore_index": meta.ignore_index,
+        "normalization": {"mean": list(meta.mean), "std": list(meta.std)},
+        "model": {**predictor.info.get("model_args", {}), "source": Path(
+            predictor.source).name if predictor.source else None, "dataset": meta.name},
+        "runtime": predictor.runtime, "precision": predictor.precision,
+        "options": {"mode": predictor.options.mode, "flip": predictor.options.flip,
+                    "modes": list(MODES)},
+        "input": {"formats": "PNG, JPEG, BMP, TIFF, WebP, PPM (anything Pillow reads)",
+                  "max_upload_bytes": int(settings.max_upload_mb * 2**20),
+                  "max_pixels": settings.max_pixels, "any_size": True},
+        "limits": {k: v for k, v in asdict(settings).items() if k != "api_key"},
+        "fcnseg_version": __version__,
+    }
+
+
+async def read_upload(request: Request, settings: ServeSettings) -> tuple[bytes, str]:
+    """The image bytes of a multipart upload or a raw image body, within the size limit."""
+    limit = int(settings.max_upload_mb * 2**20)
+    length = request.headers.get("content-length")
+    if length is None:
+        raise ApiError(411, "send a Content-Length header (curl and browsers do)")
+    if not length.isdigit() or int(length) > limit:
+        raise ApiError(413, f"upload of {length} bytes is over the limit of {limit} bytes")
+    kind = request.headers.get("content-type", "").lower()
+    if kind.startswith("multipart/form-data"):
+        form = await request.form(max_files=1, max_fields=8)
+        files = [v for v in form.values() if hasattr(v, "read")]
+        if not files:
+            raise ApiError(400, "no file in the form: send the image as the field 'image'")
+        return await files[0].read(), Path(files[0].filename or "upload").name
+    if kind.startswith(RAW_TYPES):
+        return await request.body(), "upload"
+    raise ApiError(415, f"unsupported content type {kind or 'none'!r}: send image/* bytes or "
+                        "a multipart/form-data upload")
+
+
+def decode(data: bytes, name: str, max_pixels: int) -> np.ndarray:
+    """An upload's pixels; its errors become 400 / 413 / 415."""
+    if not data:
+        raise ApiError(400, "empty upload")
+    try:
+        return read_image(data, name=name, max_pixels=max_pixels)
+    except ImageTooLargeError as exc:
+        raise ApiError(413, str(exc)) from exc
+    except NotAnImageError as exc:
+        raise ApiError(415, str(exc)) from exc
+    except FcnsegError as exc:
+        raise ApiError(400, str(exc)) from exc
+
+
+def render(predictor: Predictor, image: np.ndarray, labels: np.ndarray, output: str,
+           alpha: float, with_mask: bool) -> Response:
+    """The response body: palette PNG, overlay PNG, or per-class counts as JSON."""
+    meta = predictor.meta
+    if output == "overlay":
+        return Response(png_bytes(overlay(image, labels, meta.palette, alpha, meta.ignore_index)),
+                        media_type="image/png")
+    mask_png = png_bytes(palette_image(labels, meta.palette))
+    if output == "mask":
+        return Response(mask_png, media_type="image/png")
+    counts = np.bincount(labels.ravel(), minlength=meta.num_classes)
+    total = int(labels.size)
+    body: dict[str, Any] = {
+        "width": int(labels.shape[1]), "height": int(labels.shape[0]),
+        "classes": [{"id": i, "name": n, "color": list(c), "pixels": int(counts[i]),
+                     "fraction": float(counts[i]) / total}
+                    for i, (n, c) in enumerate(zip(meta.class_names, meta.palette,
+                                                   strict=True))]}
+    if with_mask:
+        body["mask_png"] = base64.b64encode(mask_png).decode()
+    return JSONResponse(body)
