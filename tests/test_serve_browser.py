@@ -85,12 +85,14 @@ def test_upload_a_camvid_image_and_read_the_overlay_and_legend(server, tmp_path)
         upload = driver.find_element(By.ID, "file")
         driver.execute_script("arguments[0].hidden = false", upload)
         upload.send_keys(str(image))
+        driver.execute_script("arguments[0].hidden = true", upload)
         WebDriverWait(driver, 120).until(
             lambda d: d.find_element(By.ID, "overlay").get_attribute("data-ready") == "1")
-        rows = [li.text for li in driver.find_elements(By.CSS_SELECTOR, "#legend li")]
-        assert rows and all(r.rsplit(" ", 2)[0].strip() in meta.class_names for r in rows)
-        shares = [float(r.rsplit(" ", 2)[1]) for r in rows]
-        assert abs(sum(shares) - 100) < 0.5
+        rows = [li.text.splitlines() for li in
+                driver.find_elements(By.CSS_SELECTOR, "#legend li")]  # [name, "12.3 %"]
+        assert rows and all(name in meta.class_names for name, _ in rows)
+        shares = [float(share.split()[0]) for _, share in rows]
+        assert abs(sum(shares) - 100) < 0.5 and shares == sorted(shares, reverse=True)
         canvas = driver.find_element(By.ID, "overlay")
         assert driver.execute_script("return [arguments[0].width, arguments[0].height]",
                                      canvas) == [480, 360]
