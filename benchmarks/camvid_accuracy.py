@@ -99,7 +99,8 @@ def start_training(recipe: str, plan: dict, out: Path, threads: int) -> subproce
     val_every = max(1, plan["epochs"] // 5)
     cmd = [sys.executable, "-m", "fcnseg", "train", *RECIPES[recipe], "--dataset", "camvid",
            "--data-dir", str(CAMVID), "--epochs", str(plan["epochs"]),
-           "--val-every", str(val_every), "--out", str(out / recipe)]
+           "--val-every", str(val_every), "--out", str(out / recipe),
+           "--overwrite"]  # a benchmark re-run replaces the recipe's previous run
     env = {**os.environ, "OMP_NUM_THREADS": str(threads)}
     log = open(out / f"{recipe}.train.log", "w")  # noqa: SIM115 - closed with the process
     print("$", " ".join(cmd[1:]), flush=True)

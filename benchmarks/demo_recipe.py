@@ -30,10 +30,10 @@ import fcnseg.models as models
 from fcnseg.allocator import keep_freed_memory
 from fcnseg.commands.demo import DEMO_SETTINGS
 from fcnseg.data import build_dataset
-from fcnseg.data.transforms import eval_transform
 from fcnseg.engine.config import resolve_config
 from fcnseg.engine.evaluate import evaluate
 from fcnseg.engine.train import fit
+from fcnseg.inference import Predictor
 
 OUT = Path(__file__).resolve().parent / "out" / "demo_recipe"
 
@@ -92,13 +92,12 @@ def main() -> None:
         "out": str(OUT / f"run-{name}"),
     })
     start = time.perf_counter()
-    result = fit(config)
+    result = fit(config, overwrite=True)  # a re-run of a variant replaces its run folder
     seconds = time.perf_counter() - start
     metrics = result["val_metrics"]
     # Only the validation split: rebuilding the training set would decode its images again.
     val = build_dataset("shapes", config.data_dir, "val", **data_options)
-    val.transform = eval_transform(val.meta)
-    flipped = evaluate(result["model"].eval(), val, torch.device("cpu"), flip=True,
+    flipped = evaluate(Predictor.from_model(result["model"].eval(), val.meta, flip=True), val,
                        progress=False).compute()
     history = [[row["epoch"], round(row["train_loss"], 4), round(row.get("val_miou", -1), 4)]
                for row in result["history"]]

@@ -103,11 +103,12 @@ def load(base: str, bodies: list[bytes], clients: int, seconds: float,
 
 
 def predict_rate(model: list[str], folder: Path) -> float:
-    """``fcnseg predict`` images/s on ``folder`` (its own loop rate, start-up excluded)."""
+    """``fcnseg predict --no-overlay`` images/s on ``folder`` (masks only, as the service's
+    default answer; its own loop rate, start-up excluded)."""
     with tempfile.TemporaryDirectory() as out:
         done = subprocess.run([sys.executable, "-m", "fcnseg", "predict", *model, str(folder),
-                               "--out", out, "--no-progress"], capture_output=True, text=True,
-                              check=True)
+                               "--out", out, "--no-progress", "--no-overlay"],
+                              capture_output=True, text=True, check=True)
     return float(done.stderr.rsplit("(", 1)[1].split(" img/s")[0])
 
 
@@ -125,27 +126,32 @@ def main() -> None:
     model = ["--checkpoint", args.checkpoint, "--runtime", args.runtime]
     files = sorted((Path(args.data_dir) / "val").glob("*.png"))[:args.images]
     bodies = [f.read_bytes() for f in files]
-    with tempfile.TemporaryDirectory() as tmp:
-        for f in files:
-            os.symlink(f.resolve(), Path(tmp) / f.name)
-        model_rate = predict_rate(model, Path(tmp))
-    print(f"fcnseg predict on the same {len(files)} images: {model_rate:.2f} img/s")
+    tmp = tempfile.TemporaryDirectory()
+    for f in files:
+        os.symlink(f.resolve(), Path(tmp.name) / f.name)
+    before = predict_rate(model, Path(tmp.name))
     rows = []
     proc, base = start(model, [])
     try:
         post(base + "/v1/segment", bodies[0])  # warm-up
         for n in args.clients:
-            r = load(base, bodies, n, args.seconds)
-            r["fraction_of_predict"] = r["requests_per_s"] / model_rate
-            rows.append(r)
-            print(f"{n:3d} clients: {r['requests_per_s']:.2f} req/s "
-                  f"({100 * r['fraction_of_predict']:.0f} % of predict), p50 {r['p50_s']:.2f} s,"
-                  f" p95 {r['p95_s']:.2f} s, p99 {r['p99_s']:.2f} s, {r['errors']} errors, "
-                  f"{r['busy_503']} x 503", flush=True)
+            rows.append(load(base, bodies, n, args.seconds))
         rss = peak_rss_mib(proc.pid)
     finally:
         proc.terminate()
         proc.wait()
+    # The shared host's speed drifts: the model's rate is taken before and after the load.
+    after = predict_rate(model, Path(tmp.name))
+    tmp.cleanup()
+    model_rate = (before + after) / 2
+    print(f"fcnseg predict --no-overlay on the same {len(files)} images: {before:.2f} img/s "
+          f"before the load, {after:.2f} after")
+    for r in rows:
+        r["fraction_of_predict"] = r["requests_per_s"] / model_rate
+        print(f"{r['clients']:3d} clients: {r['requests_per_s']:.2f} req/s "
+              f"({100 * r['fraction_of_predict']:.0f} % of predict), p50 {r['p50_s']:.2f} s, "
+              f"p95 {r['p95_s']:.2f} s, p99 {r['p99_s']:.2f} s, {r['errors']} errors, "
+              f"{r['busy_503']} x 503")
     proc, base = start(model, ["--queue", "2"])
     try:
         over = load(base, bodies, args.overload_clients, args.seconds / 2)
@@ -157,7 +163,7 @@ def main() -> None:
           f"{over['busy_503']} x 503, {over['errors']} other errors, peak RSS "
           f"{over['peak_rss_mib']:.0f} MiB (normal load: {rss:.0f} MiB)")
     report = {"command": " ".join([Path(sys.executable).name, *sys.argv]),
-              "predict_images_per_s": model_rate, "rows": rows, "peak_rss_mib": rss,
+              "predict_images_per_s": [before, after], "rows": rows, "peak_rss_mib": rss,
               "overload": over}
     args.json.parent.mkdir(parents=True, exist_ok=True)
     args.json.write_text(json.dumps(report, indent=2))

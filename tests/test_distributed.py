@@ -8,7 +8,6 @@ import subprocess
 import sys
 
 import pytest
-import torch
 
 from fcnseg.engine.distributed import DistInfo, per_rank_batch
 from fcnseg.errors import FcnsegError
@@ -36,9 +35,9 @@ def data_dir(tmp_path_factory):
 
 def test_two_process_metrics_equal_one_process(data_dir, tmp_path):
     from fcnseg.data import build_dataset
-    from fcnseg.data.transforms import eval_transform
     from fcnseg.engine.checkpoint import model_from_checkpoint
     from fcnseg.engine.evaluate import evaluate
+    from fcnseg.inference import Predictor
 
     out = tmp_path / "run"
     res = _torchrun(["--dataset", "shapes", "--data-dir", str(data_dir), *DATA,
@@ -53,9 +52,8 @@ def test_two_process_metrics_equal_one_process(data_dir, tmp_path):
     assert len(rows) == 1
     # 5 validation images split 3 + 2 over the ranks: counted once each after all-reduce.
     model, meta, ck = model_from_checkpoint(out / "last.pt")
-    val = build_dataset("shapes", data_dir, "val", transform=eval_transform(meta),
-                        size=8, image_size=48, val_size=5)
-    cm = evaluate(model, val, "cpu", torch.float32, progress=False)
+    val = build_dataset("shapes", data_dir, "val", size=8, image_size=48, val_size=5)
+    cm = evaluate(Predictor.from_model(model, meta), val, progress=False)
     assert int(cm.compute()["mat"].sum()) == 5 * 48 * 48
     metrics = cm.compute()
     assert rows[0]["val_pixel_accuracy"] == pytest.approx(metrics["pixel_accuracy"], abs=1e-9)
