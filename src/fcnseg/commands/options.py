@@ -14,8 +14,8 @@ def add_inference_options(p: argparse.ArgumentParser) -> None:
     """Options of whole-image inference, shared by ``evaluate``, ``predict`` and ``serve``."""
     g = p.add_argument_group("inference")
     g.add_argument("--runtime", choices=("auto",) + RUNTIMES, default="auto",
-                   help="auto: torch for a .pt checkpoint, onnxruntime for an .onnx export, "
-                        "openvino for an OpenVINO .xml (default: auto)")
+                   help="auto: torch for a .pt checkpoint, onnxruntime for an .onnx export "
+                        "(default); openvino runs an .onnx export too, often faster")
     g.add_argument("--mode", choices=MODES, default="pad",
                    help="pad: whole image padded to a multiple of 32 (exact, default); "
                         "slide: overlapping tiles with averaged class scores")

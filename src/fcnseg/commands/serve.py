@@ -37,9 +37,9 @@ def add_parser(subparsers: Any, help_text: str) -> None:
 
 def run(args: argparse.Namespace) -> int:
     from ..errors import FcnsegError
-    from ..inference.runtimes import _import
+    from ..inference.runtimes import require
 
-    _import("fastapi", "fastapi")  # the serve extra: a clear line if it is missing
+    require("fastapi", "serve")  # the serve extra: a clear line if it is missing
     from ..serve import ServeSettings, create_app
     from ..serve.server import check_address, run_server
 

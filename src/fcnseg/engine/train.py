@@ -137,6 +137,9 @@ def fit(config: TrainConfig, resume: str | Path | dict | None = None,
             check_run_folder(run_dir, resume is not None, overwrite)
             return _fit(config, resume, info)
     except KeyboardInterrupt:
+        if not (run_dir / "last.pt").is_file():
+            raise KeyboardInterrupt("no checkpoint was written yet: run the same command "
+                                    "again to start over") from None
         raise KeyboardInterrupt(f"the last checkpoint in {run_dir} is intact; resume with "
                                 f"`fcnseg train --resume --out {run_dir}`") from None
     finally:

@@ -89,8 +89,8 @@ def predict_files(predictor: Predictor, files: list[Path], out: Path, *, alpha: 
                   world: int = 1) -> Iterator[Outcome]:
     """Predict ``files`` into ``out``, yielding an :class:`Outcome` per file of this rank.
 
-    Writes ``<stem>.png`` (palette PNG of class ids, the image's exact size), unless not
-    ``overlay`` ``<stem>_overlay.png``, and with ``probs`` ``<stem>_probs.npy`` (float16
+    Writes ``<stem>.png`` (palette PNG of class ids, the image's exact size), with
+    ``overlay`` ``<stem>_overlay.png`` and with ``probs`` ``<stem>_probs.npy`` (float16
     C x H x W). A file that cannot be read is reported and skipped; the rest go on.
     """
     names = output_names(files, probs, overlay)  # every rank checks every name alike

@@ -33,7 +33,7 @@ from ..data.meta import DatasetMeta
 from ..data.transforms import Normalize
 from ..errors import FcnsegError
 from ..fileio import atomic_write, check_output_file
-from .runtimes import ARGS_KEY, CONFIG_KEY, META_KEY, PRECISION_KEY, OnnxRuntime, _import
+from .runtimes import ARGS_KEY, CONFIG_KEY, META_KEY, PRECISION_KEY, OnnxRuntime, require
 
 OPSET = 17
 CHECK_SIZES = ((375, 500), (96, 131))  # an odd VOC-like size and a small one, batch 2
@@ -78,7 +78,7 @@ def export_onnx(checkpoint: str | Path, out: str | Path, *, int8: bool = False,
     from ..engine.checkpoint import model_from_checkpoint
     from ..models.fusion import fold_batchnorm
 
-    onnx = _import("onnx", "onnx")
+    onnx = require("onnx")
     out = Path(out)
     if out.suffix.lower() != ".onnx":
         raise FcnsegError(f"--out {out}: an exported model's name ends in .onnx")
@@ -223,7 +223,7 @@ def _spread(items: list, count: int) -> list:
 
 def _quantize(fp32: Path, out: Path, images: list[np.ndarray]) -> Path:
     """Static int8 QDQ quantization (per-channel weights) calibrated on ``images``."""
-    q = _import("onnxruntime.quantization", "onnxruntime")
+    q = require("onnxruntime.quantization")
 
     class Reader(q.CalibrationDataReader):
         def __init__(self) -> None:

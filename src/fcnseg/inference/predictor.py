@@ -24,7 +24,7 @@ from ..data.io import read_image
 from ..data.meta import DatasetMeta
 from ..device import available_memory
 from ..errors import OptionError
-from .functional import InferenceOptions, predict_batch, predict_grouped
+from .functional import InferenceOptions, predict_grouped
 from .runtimes import TorchRuntime, load_runtime
 
 ImageLike = Any  # a path (str / Path), a PIL image, or an H x W x 3 uint8 array
@@ -50,9 +50,10 @@ class Predictor:
     @classmethod
     def from_file(cls, path: str | Path, *, runtime: str = "auto", device: str = "auto",
                   precision: str = "auto", **options: Any) -> Predictor:
-        """Load a checkpoint (``.pt``) or exported model (``.onnx``, OpenVINO ``.xml``).
+        """Load a checkpoint (``.pt``) or an exported model (``.onnx``).
 
-        ``runtime`` "auto" follows the file type; ``precision`` "auto" picks bf16 only on
+        ``runtime`` "auto" follows the file type (``.onnx``: onnxruntime; "openvino" is the
+        fast path on Intel and AMD CPUs); ``precision`` "auto" picks bf16 only on
         CPUs with bf16 units. ``options`` are :class:`InferenceOptions` fields.
         """
         rt, meta, info, reason = load_runtime(path, runtime, device, precision)
@@ -137,11 +138,6 @@ class Predictor:
     def tiled_options(self) -> InferenceOptions:
         """The options with sliding tiles, for images too large for a whole pass."""
         return dataclasses.replace(self.options, mode="slide")
-
-    def predict_pixels(self, batch: torch.Tensor) -> torch.Tensor:
-        """Probabilities of a batch ``N x 3 x H x W`` of float RGB pixels in 0-255."""
-        with torch.inference_mode():
-            return predict_batch(self._runtime, batch.float(), self.options, self._fill)
 
 
 def to_pixels(image: ImageLike) -> torch.Tensor:

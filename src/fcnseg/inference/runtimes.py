@@ -7,7 +7,7 @@ was trained to: PyTorch here, an exported model inside its graph.
 
 * ``torch``: a checkpoint (``.pt``), BatchNorm folded, channels-last, autocast per precision.
 * ``onnxruntime``: an exported ``.onnx`` (fp32 or int8 QDQ), the portable default.
-* ``openvino``: an exported ``.onnx`` (read directly) or OpenVINO IR ``.xml``; bf16 on CPUs
+* ``openvino``: an exported ``.onnx``, read directly (``--runtime openvino``); bf16 on CPUs
   with bf16 units (the same rule as PyTorch's ``precision auto``), int8 from an int8 export.
 """
 
@@ -28,7 +28,7 @@ from .functional import model_forward
 
 RUNTIMES = ("torch", "onnxruntime", "openvino")
 # File suffix -> the runtime that reads it by default (``runtime="auto"``).
-DEFAULT_RUNTIME = {".pt": "torch", ".pth": "torch", ".onnx": "onnxruntime", ".xml": "openvino"}
+DEFAULT_RUNTIME = {".pt": "torch", ".pth": "torch", ".onnx": "onnxruntime"}
 PRECISIONS = ("auto", "fp32", "bf16", "fp16", "int8")
 # ONNX metadata keys written by `fcnseg export` (plain strings; JSON where structured).
 META_KEY, ARGS_KEY, CONFIG_KEY = "fcnseg.meta", "fcnseg.model_args", "fcnseg.config"
@@ -64,7 +64,7 @@ class OnnxRuntime:
     name = "onnxruntime"
 
     def __init__(self, path: Path, threads: int | None = None) -> None:
-        ort = _import("onnxruntime", "onnxruntime")
+        ort = require("onnxruntime")
         options = ort.SessionOptions()
         options.intra_op_num_threads = threads or torch.get_num_threads()
         options.log_severity_level = 3  # warnings about unused initialisers are noise here
@@ -88,15 +88,14 @@ class OpenVinoRuntime:
     name = "openvino"
 
     def __init__(self, path: Path, precision: str = "auto", threads: int | None = None) -> None:
-        ov = _import("openvino", "openvino")
+        ov = require("openvino")
         core = ov.Core()
         try:
             model = core.read_model(str(path))
         except Exception as exc:
             raise CheckpointError(f"{path} is not a model OpenVINO can read "
                                   f"({first_line(exc)}); export it with `fcnseg export`") from exc
-        self.metadata = read_onnx_metadata(path) if path.suffix == ".onnx" else \
-            _ir_metadata(model)
+        self.metadata = read_onnx_metadata(path)
         int8 = self.metadata.get(PRECISION_KEY) == "int8"
         if precision == "auto":  # bf16 only where the CPU has bf16 units, as for PyTorch
             precision = "bf16" if cpu_has_fast_bf16() else "fp32"
@@ -167,7 +166,7 @@ def _runtime_name(path: Path, runtime: str) -> str:
                 raise CheckpointError(f"checkpoint {path} does not exist: check the path "
                                       "(e.g. RUN_DIR/best.pt or model.onnx)")
             raise CheckpointError(f"{path}: unknown model file type {path.suffix!r}: use a "
-                                  ".pt checkpoint, an .onnx export or an OpenVINO .xml")
+                                  ".pt checkpoint or an .onnx export")
         return name
     if runtime not in RUNTIMES:
         raise UnknownNameError("runtime", runtime, ("auto",) + RUNTIMES)
@@ -183,20 +182,9 @@ def _runtime_name(path: Path, runtime: str) -> str:
 
 def read_onnx_metadata(path: str | Path) -> dict[str, str]:
     """The ``metadata_props`` of an ONNX file (without loading its weights)."""
-    onnx = _import("onnx", "onnx")
+    onnx = require("onnx")
     model = onnx.load(str(path), load_external_data=False)
     return {p.key: p.value for p in model.metadata_props}
-
-
-def _ir_metadata(model: Any) -> dict[str, str]:
-    """fcnseg's metadata of an OpenVINO IR model (saved as rt_info by OpenVINO's converter)."""
-    out = {}
-    for key in (META_KEY, ARGS_KEY, CONFIG_KEY, PRECISION_KEY):
-        try:
-            out[key] = str(model.get_rt_info(["framework", key]).astype(str))
-        except Exception:  # not every IR carries every key
-            continue
-    return out
 
 
 def _meta_from(metadata: dict[str, str], path: Path) -> tuple[DatasetMeta, dict[str, Any]]:
@@ -213,13 +201,14 @@ def _meta_from(metadata: dict[str, str], path: Path) -> tuple[DatasetMeta, dict[
     return meta, info
 
 
-def _import(module: str, package: str) -> Any:
+def require(module: str, extra: str = "deploy") -> Any:
+    """Import an optional dependency, or say in one line which fcnseg extra installs it."""
     import importlib
 
     try:
         return importlib.import_module(module)
     except ImportError as exc:
-        raise FcnsegError(f"this needs the {package} package: pip install 'fcnseg[deploy]' "
+        raise FcnsegError(f"this needs {module.split('.')[0]}: pip install 'fcnseg[{extra}]' "
                           "-c constraints.txt") from exc
 
 
