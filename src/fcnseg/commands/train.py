@@ -10,13 +10,21 @@ import argparse
 from pathlib import Path
 from typing import Any
 
+from ..engine.config import CHOICES
+
 _BOOL = argparse.BooleanOptionalAction
+
+
+def _one_of(key: str) -> str:
+    """The valid values of a setting, from the registry that owns them."""
+    *rest, last = CHOICES[key]
+    return f"{', '.join(rest)} or {last}" if rest else last
 
 
 def add_parser(subparsers: Any, help_text: str) -> None:
     p = subparsers.add_parser("train", help=help_text, description=help_text)
     d = p.add_argument_group("data")
-    d.add_argument("--dataset", help="voc, camvid, folder or shapes (synthetic, offline)")
+    d.add_argument("--dataset", help=_one_of("dataset") + " (shapes: synthetic, offline)")
     d.add_argument("--data-dir", help="data set root folder")
     d.add_argument("--split", help="training split (default train)")
     d.add_argument("--val-split", help="validation split (default val)")
@@ -25,11 +33,11 @@ def add_parser(subparsers: Any, help_text: str) -> None:
     d.add_argument("--limit-train", type=int, help="use only the first N training images")
     d.add_argument("--limit-val", type=int, help="use only the first N validation images")
     m = p.add_argument_group("model")
-    m.add_argument("--model", help="fcn32s, fcn16s or fcn8s")
+    m.add_argument("--model", help=_one_of("model"))
     m.add_argument("--backbone", help="backbone name, e.g. resnet18")
     m.add_argument("--pretrained", action=_BOOL, help="ImageNet backbone weights")
     m.add_argument("--backbone-weights", metavar="PATH", help="backbone weights file")
-    m.add_argument("--upsample-init", help="bilinear or xavier")
+    m.add_argument("--upsample-init", help=_one_of("upsample_init"))
     o = p.add_argument_group("optimisation")
     o.add_argument("--recipe", help="d2l (the chapter's settings) or fcnseg (default)")
     o.add_argument("--config", metavar="FILE.toml", help="TOML file with any of these settings")
@@ -39,10 +47,10 @@ def add_parser(subparsers: Any, help_text: str) -> None:
     o.add_argument("--lr", type=float)
     o.add_argument("--weight-decay", type=float)
     o.add_argument("--momentum", type=float)
-    o.add_argument("--optimizer", help="sgd or adamw")
-    o.add_argument("--schedule", help="poly, cosine or constant")
+    o.add_argument("--optimizer", help=_one_of("optimizer"))
+    o.add_argument("--schedule", help=_one_of("schedule"))
     o.add_argument("--warmup-iters", type=int, help="linear lr warm-up iterations")
-    o.add_argument("--class-weights", help="none or median-frequency")
+    o.add_argument("--class-weights", help=_one_of("class_weights"))
     o.add_argument("--loss", help="ce (cross entropy) or ce+lovasz (+ Lovasz-softmax; the "
                                   "fcnseg recipe's default, d2l: ce)")
     o.add_argument("--boundary-weight", type=float,
@@ -56,7 +64,7 @@ def add_parser(subparsers: Any, help_text: str) -> None:
     a.add_argument("--color-jitter", type=float)
     r = p.add_argument_group("runtime")
     r.add_argument("--device", help="auto, cpu, cuda or cuda:N")
-    r.add_argument("--precision", help="auto, fp32, bf16 or fp16")
+    r.add_argument("--precision", help=_one_of("precision"))
     r.add_argument("--channels-last", action=_BOOL)
     r.add_argument("--workers", type=int, help="data loader worker processes")
     r.add_argument("--sync-bn", action=_BOOL, help="SyncBatchNorm under DDP")

@@ -17,23 +17,24 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from ..data import DATASETS
+from ..device import PRECISIONS
 from ..errors import FcnsegError
+from ..models import MODELS, UPSAMPLE_INITS
+from .losses import LOSSES
+from .optim import CLASS_WEIGHTS, OPTIMIZERS, SCHEDULES
 
 if sys.version_info >= (3, 11):
     import tomllib
 else:  # pragma: no cover - Python 3.10
     import tomli as tomllib
 
-# Valid values of the enumerated options; checked by TrainConfig.validate().
+# Valid values of the enumerated options, from the registries that own them; checked by
+# TrainConfig.validate() and listed by `fcnseg train --help`.
 CHOICES: dict[str, tuple[str, ...]] = {
-    "dataset": ("voc", "camvid", "folder", "shapes"),
-    "model": ("fcn32s", "fcn16s", "fcn8s"),
-    "optimizer": ("sgd", "adamw"),
-    "schedule": ("poly", "cosine", "constant"),
-    "upsample_init": ("bilinear", "xavier"),
-    "class_weights": ("none", "median-frequency"),
-    "loss": ("ce", "ce+lovasz"),
-    "precision": ("auto", "fp32", "bf16", "fp16"),
+    "dataset": tuple(DATASETS), "model": tuple(MODELS), "optimizer": OPTIMIZERS,
+    "schedule": SCHEDULES, "upsample_init": UPSAMPLE_INITS, "class_weights": CLASS_WEIGHTS,
+    "loss": LOSSES, "precision": PRECISIONS,
 }
 
 # Recipes: named sets of values applied over the dataclass defaults. Keep every tunable

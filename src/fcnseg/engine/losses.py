@@ -19,9 +19,7 @@ from collections.abc import Callable
 import torch
 import torch.nn.functional as F
 
-from .config import CHOICES
-
-LOSSES = CHOICES["loss"]
+LOSSES = ("ce", "ce+lovasz")
 # --boundary-weight applies to the pixels this close to a label boundary: from scratch, an
 # FCN-8s gets most pixels right early and keeps ~80 % of its errors within 2 px of a shape's
 # outline, where its stride-8 scores must be interpolated most precisely.

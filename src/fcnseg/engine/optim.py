@@ -3,12 +3,17 @@
 from __future__ import annotations
 
 import math
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 import torch
 
-from .config import TrainConfig
+if TYPE_CHECKING:  # the config names these registries: no import at run time
+    from .config import TrainConfig
+
+OPTIMIZERS = ("sgd", "adamw")
+SCHEDULES = ("poly", "cosine", "constant")
+CLASS_WEIGHTS = ("none", "median-frequency")
 
 
 def build_optimizer(model: torch.nn.Module, config: TrainConfig) -> torch.optim.Optimizer:

@@ -21,6 +21,7 @@ import torch
 
 from ..data.meta import DatasetMeta
 from ..data.transforms import Normalize
+from ..device import PRECISIONS as DEVICE_PRECISIONS
 from ..device import cpu_has_fast_bf16, resolve_precision, select_device
 from ..engine.checkpoint import first_line
 from ..errors import CheckpointError, FcnsegError, UnknownNameError
@@ -29,7 +30,7 @@ from .functional import model_forward
 RUNTIMES = ("torch", "onnxruntime", "openvino")
 # File suffix -> the runtime that reads it by default (``runtime="auto"``).
 DEFAULT_RUNTIME = {".pt": "torch", ".pth": "torch", ".onnx": "onnxruntime"}
-PRECISIONS = ("auto", "fp32", "bf16", "fp16", "int8")
+PRECISIONS = DEVICE_PRECISIONS + ("int8",)  # int8: an export's, not an autocast
 # ONNX metadata keys written by `fcnseg export` (plain strings; JSON where structured).
 META_KEY, ARGS_KEY, CONFIG_KEY = "fcnseg.meta", "fcnseg.model_args", "fcnseg.config"
 PRECISION_KEY = "fcnseg.precision"
