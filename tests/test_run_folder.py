@@ -178,3 +178,17 @@ def test_ctrl_c_during_a_checkpoint_write_exits_130_with_the_checkpoint_intact(d
     assert not list(out.glob(".*.tmp"))
     ck = load_checkpoint(out / "last.pt")  # whole and loadable: the old one or the new one
     assert _sha(out / "last.pt") == good or ck["progress"]["step"] == 3
+
+
+def test_sigterm_during_a_deferred_write_ends_the_process_after_it(tmp_path):
+    code = ("import os, signal, sys\nfrom fcnseg.fileio import atomic_write, deferred_interrupts\n"
+            "with deferred_interrupts():\n"
+            "    os.kill(os.getpid(), signal.SIGTERM)\n"
+            f"    atomic_write({str(tmp_path / 'x.bin')!r}, lambda f: f.write(b'whole'))\n"
+            "    print('written', flush=True)\n"
+            "print('not reached', flush=True)\n")
+    done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
+                          timeout=60)
+    assert done.returncode == -signal.SIGTERM
+    assert done.stdout.split() == ["written"]
+    assert (tmp_path / "x.bin").read_bytes() == b"whole"

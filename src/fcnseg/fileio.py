@@ -100,8 +100,12 @@ def deferred_interrupts() -> Iterator[None]:
     finally:
         for sig, handler in old.items():
             signal.signal(sig, handler)
-        for sig in dict.fromkeys(caught):
-            os.kill(os.getpid(), sig)  # now, with the usual handlers in place
+        for sig in dict.fromkeys(caught):  # act on them now, synchronously, as they would have
+            handler = old[sig]
+            if callable(handler):
+                handler(sig, None)  # SIGINT: Python's handler raises KeyboardInterrupt here
+            elif handler == signal.SIG_DFL:
+                signal.raise_signal(sig)  # SIGTERM: the default action ends the process
 
 
 def atomic_write_text(path: str | Path, text: str, **options) -> Path:
