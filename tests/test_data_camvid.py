@@ -73,3 +73,24 @@ def test_camvid_label_out_of_range_and_empty(tmp_path):
     (tmp_path / "val").mkdir()
     with pytest.raises(DataError, match=r"val: CamVid split folder has no images"):
         build_dataset("camvid", tmp_path, "val")
+
+
+def test_holdout_splits_train_and_val_by_drive():
+    if not (CAMVID / "train").is_dir():
+        pytest.skip(f"shared CamVid not found at {CAMVID}")
+    from fcnseg.commands.options import parse_data_options
+    from fcnseg.data.camvid import drive_of
+
+    seen = set()
+    for drive in ("0006R0", "0001TP", "0016E5"):
+        options = parse_data_options([f"holdout={drive}"])
+        assert options == {"holdout": drive}  # '0016E5' is a name, not 1.6e6
+        train = build_dataset("camvid", CAMVID, "train", **options)
+        val = build_dataset("camvid", CAMVID, "val", **options)
+        assert {drive_of(img) for img, _ in val.files} == {drive}
+        assert drive not in {drive_of(img) for img, _ in train.files}
+        assert len(train) + len(val) == 367 + 101  # SegNet's train + val, each frame once
+        seen |= {img.name for img, _ in val.files}
+    assert len(seen) == 367 + 101  # the three folds validate on every frame once
+    with pytest.raises(DataError, match="no CamVid drive 'Seq05VD'.*0001TP, 0006R0, 0016E5"):
+        build_dataset("camvid", CAMVID, "val", holdout="Seq05VD")

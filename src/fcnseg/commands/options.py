@@ -61,7 +61,12 @@ def parse_data_options(items: list[str] | None) -> dict[str, Any]:
 
 
 def parse_value(raw: str) -> Any:
-    """'64' -> 64, '0.5' -> 0.5, 'true' -> True, anything else stays a string."""
+    """'64' -> 64, '0.5' -> 0.5, 'true' -> True, anything else stays a string.
+
+    Digits after a leading zero ('0016E5', a CamVid drive; '007') name things: strings.
+    """
+    if len(raw) > 1 and raw[0] == "0" and raw[1].isdigit():
+        return raw
     for cast in (int, float):
         try:
             return cast(raw)

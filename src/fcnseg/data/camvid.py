@@ -2,6 +2,11 @@
 
 Splits train / val / test; 11 classes; label 11 (void) becomes the ignore index 255 so that
 every data set ignores the same value. Images are 480 x 360 RGB PNGs, labels 8-bit indices.
+
+SegNet's val images all come from drive ``0016E5``, which also gives most of train: val then
+measures neighbouring frames. ``holdout=DRIVE`` (``--data-option holdout=0006R0``) pools
+train and val and splits them by drive instead: "val" is every frame of ``DRIVE``, "train"
+every frame of the other drives (a file's drive is its name's prefix, e.g. ``0006R0_f02400``).
 """
 
 from __future__ import annotations
@@ -37,9 +42,39 @@ def build_camvid(
     download: bool = False,
     cache: bool = True,
     cache_dir: str | Path | None = None,
+    holdout: str | None = None,
 ) -> SegmentationDataset:
-    """CamVid ``split`` under ``root`` (SegNet layout). ``download`` is not supported."""
+    """CamVid ``split`` under ``root`` (SegNet layout). ``download`` is not supported.
+
+    ``holdout`` names a drive to validate on (see the module docstring).
+    """
     root = Path(root)
+    if holdout is None:
+        files = _split_files(root, split, download)
+    else:
+        if split not in ("train", "val"):
+            raise DataError(f"CamVid with holdout={holdout} has the splits train and val "
+                            f"(the other drives / drive {holdout}), not {split!r}")
+        pooled = [pair for s in ("train", "val") for pair in _split_files(root, s, download)]
+        drives = sorted({drive_of(img) for img, _ in pooled})
+        if holdout not in drives:
+            raise DataError(f"{root}: no CamVid drive {holdout!r} in train + val; drives "
+                            f"there: {', '.join(drives)}")
+        files = [pair for pair in pooled if (drive_of(pair[0]) == holdout) == (split == "val")]
+    return SegmentationDataset(
+        files, camvid_meta(), transform, source=f"{root / split}" + (
+            f" (holdout {holdout})" if holdout else ""), label_map={CAMVID_VOID: 255},
+        cache=cache, cache_dir=cache_dir,
+    )
+
+
+def drive_of(path: Path) -> str:
+    """The drive (sequence) a CamVid frame comes from: its file name's prefix."""
+    return path.stem.split("_")[0]
+
+
+def _split_files(root: Path, split: str, download: bool) -> list[tuple[Path, Path]]:
+    """The (image, label) pairs of a SegNet-layout split folder, or DataError naming it."""
     img_dir, ann_dir = root / split, root / f"{split}annot"
     if not img_dir.is_dir():
         have = sorted(s for s in CAMVID_SPLITS if (root / s).is_dir())
@@ -62,7 +97,4 @@ def build_camvid(
         if not mask.is_file():
             raise DataError(f"{mask}: label for {img} not found")
         files.append((img, mask))
-    return SegmentationDataset(
-        files, camvid_meta(), transform, source=str(img_dir), label_map={CAMVID_VOID: 255},
-        cache=cache, cache_dir=cache_dir,
-    )
+    return files
