@@ -3,8 +3,9 @@
 Both recipes train from scratch (no ImageNet weights can be fetched here) on the SegNet
 train split of ``../shared/data/camvid`` and are evaluated with ``fcnseg evaluate`` on whole
 val images. Each recipe gets the same budget: the script times a few training steps of the
-recipe in-process, then sets the number of epochs that fits the budget (the lr schedule
-spans exactly those epochs), runs ``fcnseg train`` and ``fcnseg evaluate`` as a user would.
+recipe (``fcnseg train --time-budget``, which sets the number of epochs that fits the
+budget: the lr schedule spans exactly those epochs) and ``fcnseg evaluate`` as a user would.
+``--holdout 0006R0`` trains on the other drives and scores the model on that whole drive.
 
     python benchmarks/camvid_accuracy.py --budget-minutes 60 --json benchmarks/out/camvid.json
 
@@ -47,59 +48,12 @@ RECIPES: dict[str, list[str]] = {
 }
 
 
-def seconds_per_step(recipe: str, threads: int, steps: int = 4) -> tuple[float, int, int]:
-    """(seconds per optimizer step, batch size, training images) of a recipe, timed here."""
-    import torch
-
-    from fcnseg import build_model
-    from fcnseg.allocator import keep_freed_memory
-    from fcnseg.data import build_dataset
-    from fcnseg.device import autocast, resolve_precision
-    from fcnseg.engine.config import resolve_config
-    from fcnseg.engine.losses import build_loss
-
-    torch.set_num_threads(threads)
-    keep_freed_memory()  # as `fcnseg train` does, so that the step is timed as it will run
-    config = resolve_config({"dataset": "camvid", "data_dir": str(CAMVID), "pretrained": False,
-                             "out": "/tmp/unused", **OVERRIDES.get(recipe, {})},
-                            recipe=RECIPES[recipe][1])
-    loss_fn = build_loss(config.loss, boundary_weight=config.boundary_weight)
-    train = build_dataset("camvid", CAMVID, "train")
-    model = build_model(config.model, train.meta.num_classes, config.backbone,
-                        upsample_init=config.upsample_init)
-    fmt = torch.channels_last if config.channels_last else torch.contiguous_format
-    model = model.to(memory_format=fmt).train()
-    dtype, _ = resolve_precision(torch.device("cpu"), config.precision)
-    x = torch.randn(config.batch_size, 3, *config.crop).contiguous(memory_format=fmt)
-    y = torch.randint(0, train.meta.num_classes, (config.batch_size, *config.crop))
-    opt = torch.optim.SGD(model.parameters(), lr=1e-4)
-    times = []
-    for _ in range(steps + 1):
-        start = time.perf_counter()
-        with autocast(torch.device("cpu"), dtype):
-            logits = model(x)["out"]
-        loss = loss_fn(logits, y)
-        opt.zero_grad()
-        loss.backward()
-        opt.step()
-        times.append(time.perf_counter() - start)
-    return sorted(times[1:])[len(times[1:]) // 2], config.batch_size, len(train)
-
-
-def plan_epochs(recipe: str, budget_s: float, threads: int) -> dict:
-    per_step, batch, images = seconds_per_step(recipe, threads)
-    steps_per_epoch = images // batch
-    # ~6 % of the budget for validation passes, data loading and start-up.
-    epochs = max(1, int(0.94 * budget_s / (per_step * steps_per_epoch)))
-    return {"seconds_per_step": per_step, "batch": batch, "steps_per_epoch": steps_per_epoch,
-            "epochs": epochs}
-
-
-def start_training(recipe: str, plan: dict, out: Path, threads: int) -> subprocess.Popen:
-    val_every = max(1, plan["epochs"] // 5)
+def start_training(recipe: str, budget_s: float, out: Path, threads: int,
+                   data: list[str]) -> subprocess.Popen:
+    """``fcnseg train --time-budget``: the library times the step and plans the epochs."""
     cmd = [sys.executable, "-m", "fcnseg", "train", *RECIPES[recipe], "--dataset", "camvid",
-           "--data-dir", str(CAMVID), "--epochs", str(plan["epochs"]),
-           "--val-every", str(val_every), "--out", str(out / recipe),
+           "--data-dir", str(CAMVID), *data, "--time-budget", f"{budget_s:.0f}s",
+           "--val-every", "5", "--out", str(out / recipe),
            "--overwrite"]  # a benchmark re-run replaces the recipe's previous run
     env = {**os.environ, "OMP_NUM_THREADS": str(threads)}
     log = open(out / f"{recipe}.train.log", "w")  # noqa: SIM115 - closed with the process
@@ -107,11 +61,11 @@ def start_training(recipe: str, plan: dict, out: Path, threads: int) -> subproce
     return subprocess.Popen(cmd, stdout=log, stderr=subprocess.STDOUT, env=env)
 
 
-def evaluate(recipe: str, out: Path) -> dict:
+def evaluate(recipe: str, out: Path, data: list[str]) -> dict:
     result = out / f"{recipe}.metrics.json"
     cmd = [sys.executable, "-m", "fcnseg", "evaluate", "--checkpoint",
            str(out / recipe / "last.pt"), "--dataset", "camvid", "--data-dir", str(CAMVID),
-           "--split", "val", "--json", str(result), "--no-progress"]
+           *data, "--split", "val", "--json", str(result), "--no-progress"]
     print("$", " ".join(cmd[1:]), flush=True)
     subprocess.run(cmd, check=True)
     return json.loads(result.read_text())
@@ -127,22 +81,21 @@ def main() -> None:
                         help="torch threads per run (default: all cores, 1 with --parallel)")
     parser.add_argument("--out", type=Path, default=ROOT / "benchmarks" / "out" / "camvid")
     parser.add_argument("--json", type=Path, default=ROOT / "benchmarks" / "out" / "camvid.json")
+    parser.add_argument("--holdout", default=None, metavar="DRIVE",
+                        help="validate on a whole drive the model never saw (e.g. 0006R0)")
     args = parser.parse_args()
+    data = ["--data-option", f"holdout={args.holdout}"] if args.holdout else []
     if not CAMVID.is_dir():
         sys.exit(f"CamVid not found at {CAMVID}: this benchmark reads the shared copy")
     threads = args.threads or (1 if args.parallel else os.cpu_count() or 1)
     args.out.mkdir(parents=True, exist_ok=True)
     budget = args.budget_minutes * 60
 
-    plans = {r: plan_epochs(r, budget, threads) for r in args.recipes}
-    for recipe, plan in plans.items():
-        print(f"{recipe}: {plan['seconds_per_step']:.2f} s/step x {plan['steps_per_epoch']} "
-              f"steps/epoch -> {plan['epochs']} epochs in {args.budget_minutes:.0f} min")
-    results = {}
+    results, seconds = {}, {}
     groups = [list(args.recipes)] if args.parallel else [[r] for r in args.recipes]
     for group in groups:
         start = time.perf_counter()
-        procs = {r: start_training(r, plans[r], args.out, threads) for r in group}
+        procs = {r: start_training(r, budget, args.out, threads, data) for r in group}
         while procs:  # poll, so that each run's own wall time is recorded
             for recipe, proc in list(procs.items()):
                 if proc.poll() is None:
@@ -150,11 +103,13 @@ def main() -> None:
                 if proc.returncode != 0:
                     sys.exit(f"training {recipe} failed: see "
                              f"{args.out / (recipe + '.train.log')}")
-                plans[recipe]["train_seconds"] = time.perf_counter() - start
+                seconds[recipe] = time.perf_counter() - start
                 del procs[recipe]
             time.sleep(2)
     for recipe in args.recipes:
-        results[recipe] = {**plans[recipe], **evaluate(recipe, args.out)}
+        plan = json.loads((args.out / recipe / "plan.json").read_text())
+        results[recipe] = {**plan, "train_seconds": seconds[recipe],
+                           **evaluate(recipe, args.out, data)}
 
     print(f"\n{'recipe':<8} {'epochs':>6} {'train min':>9} {'pix acc':>8} {'mIoU':>6}")
     for recipe, r in results.items():
@@ -166,7 +121,8 @@ def main() -> None:
         for n in names))
     report = {"command": " ".join([Path(sys.executable).name, *sys.argv]),
               "budget_minutes": args.budget_minutes, "threads_per_run": threads,
-              "parallel": args.parallel, "cores": os.cpu_count(), "results": results}
+              "parallel": args.parallel, "cores": os.cpu_count(), "holdout": args.holdout,
+              "results": results}
     args.json.parent.mkdir(parents=True, exist_ok=True)
     args.json.write_text(json.dumps(report, indent=2))
     print(f"wrote {args.json}")

@@ -15,6 +15,16 @@ from ..engine.config import CHOICES
 _BOOL = argparse.BooleanOptionalAction
 
 
+def _duration(text: str) -> float:
+    from ..engine.budget import parse_duration
+    from ..errors import FcnsegError
+
+    try:
+        return parse_duration(text)
+    except FcnsegError as exc:
+        raise argparse.ArgumentTypeError(str(exc)) from exc
+
+
 def _one_of(key: str) -> str:
     """The valid values of a setting, from the registry that owns them."""
     *rest, last = CHOICES[key]
@@ -57,6 +67,9 @@ def add_parser(subparsers: Any, help_text: str) -> None:
                    help="extra cross-entropy weight of pixels within 2 px of a label boundary "
                         "(fcnseg recipe: 4, d2l: 0)")
     o.add_argument("--max-steps", type=int, help="stop after N optimizer steps (0: no limit)")
+    o.add_argument("--time-budget", type=_duration, metavar="DURATION",
+                   help="e.g. 90s, 60m, 1.5h: time the step here and set --epochs (and the lr "
+                        "schedule) to end within it, validations included; resumable")
     a = p.add_argument_group("augmentation")
     a.add_argument("--crop", type=int, nargs=2, metavar=("H", "W"))
     a.add_argument("--scale", type=float, nargs=2, metavar=("MIN", "MAX"))

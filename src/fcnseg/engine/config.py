@@ -103,6 +103,7 @@ class TrainConfig:
     loss: str = "ce"  # "ce+lovasz" adds the Lovasz-softmax IoU surrogate (losses.py)
     boundary_weight: float = 0.0  # extra CE weight of pixels within 2 px of a label boundary
     max_steps: int = 0  # stop after this many optimizer steps in total (0: no limit)
+    time_budget: float = 0.0  # seconds: plan `epochs` to end within it (0: no budget)
     # augmentation
     crop: list[int] = field(default_factory=lambda: [320, 480])
     scale: list[float] = field(default_factory=lambda: [0.5, 2.0])
@@ -176,6 +177,8 @@ class TrainConfig:
             raise FcnsegError(f"--boundary-weight must be >= 0, got {self.boundary_weight}")
         if self.weight_decay < 0 or not (0 <= self.momentum < 1):
             raise FcnsegError("--weight-decay must be >= 0 and --momentum in [0, 1)")
+        if self.time_budget < 0:
+            raise FcnsegError(f"--time-budget must be >= 0 s, got {self.time_budget}")
         if not (self.poly_power > 0):
             raise FcnsegError(f"poly_power must be > 0, got {self.poly_power}")
         if len(self.crop) != 2 or min(self.crop) < 1:

@@ -8,6 +8,7 @@ an interrupted and resumed run ends with the same weights as an uninterrupted on
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import math
 import random
@@ -25,6 +26,7 @@ from .. import __version__
 from ..device import autocast, resolve_precision
 from ..errors import CheckpointError, DataError, FcnsegError
 from ..fileio import atomic_write_text
+from .budget import describe, plan_run, save_plan
 from .checkpoint import (
     capture_rng_state,
     check_compatible,
@@ -128,14 +130,15 @@ def fit(config: TrainConfig, resume: str | Path | dict | None = None,
     A run folder that holds a run is refused unless ``resume`` or ``overwrite``; the
     folder is locked for the whole run (see :mod:`fcnseg.engine.rundir`).
     """
+    started = time.perf_counter()  # a --time-budget counts from here
     info = setup_distributed(config.device)
     run_dir = Path(config.out)
     try:
         if not info.is_main:
-            return _fit(config, resume, info)
+            return _fit(config, resume, info, started)
         with run_folder_lock(run_dir):
             check_run_folder(run_dir, resume is not None, overwrite)
-            return _fit(config, resume, info)
+            return _fit(config, resume, info, started)
     except KeyboardInterrupt:
         if not (run_dir / "last.pt").is_file():
             raise KeyboardInterrupt("no checkpoint was written yet: run the same command "
@@ -146,7 +149,7 @@ def fit(config: TrainConfig, resume: str | Path | dict | None = None,
         cleanup_distributed()
 
 
-def _fit(config: TrainConfig, resume: Any, info: DistInfo) -> dict[str, Any]:
+def _fit(config: TrainConfig, resume: Any, info: DistInfo, started: float) -> dict[str, Any]:
     from ..inference import Predictor
     from ..models import build_model
     from .evaluate import evaluate
@@ -192,17 +195,25 @@ def _fit(config: TrainConfig, resume: Any, info: DistInfo) -> dict[str, Any]:
                         persistent_workers=config.workers > 0,
                         pin_memory=device.type == "cuda")
     steps_per_epoch = sampler.batches_per_epoch()
+    weight = None
+    if config.class_weights == "median-frequency":
+        weight = median_frequency_weights(train_ds.base, meta.num_classes, meta.ignore_index,
+                                          len(train_ds)).to(device)
+    loss_fn = build_loss(config.loss, weight, meta.ignore_index, config.boundary_weight)
+    if config.time_budget and checkpoint is None:  # a resumed run keeps its saved plan
+        plan = plan_run(config, unwrap(model), loss_fn, train_ds, val_ds, steps_per_epoch,
+                        batch, device, dtype, time.perf_counter() - started, info, run_dir)
+        config = dataclasses.replace(config, epochs=plan["epochs"])
+        if info.is_main:
+            prepare_run_dir(config)
+            save_plan(run_dir, plan)
+        say(describe(plan))
     # The schedule spans the configured epochs; --max-steps only interrupts the run (tests,
     # benchmarks) so that a resumed run follows the very same lr curve.
     total = config.epochs * steps_per_epoch
     optimizer = build_optimizer(model, config)
     scheduler = build_scheduler(optimizer, config, total)
     scaler = torch.amp.GradScaler(device.type, enabled=dtype == torch.float16)
-    weight = None
-    if config.class_weights == "median-frequency":
-        weight = median_frequency_weights(train_ds.base, meta.num_classes, meta.ignore_index,
-                                          len(train_ds)).to(device)
-    loss_fn = build_loss(config.loss, weight, meta.ignore_index, config.boundary_weight)
 
     ctx: dict[str, Any] = {
         "device": device, "dtype": dtype, "info": info, "channels_last": config.channels_last,

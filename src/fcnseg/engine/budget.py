@@ -1,0 +1,148 @@
+"""Training to a time budget: the best model a wall-clock budget can buy on this machine.
+
+``fcnseg train --time-budget 60m`` times a few training steps and one validation forward
+pass on a throwaway copy of the model, then sets the number of epochs (and so the length of
+the lr schedule) that fits the budget left, validations included. The plan is printed, saved
+as ``RUN_DIR/plan.json`` and in the checkpoint's config (``epochs``), so a resumed run
+follows the very same schedule instead of planning again.
+"""
+
+from __future__ import annotations
+
+import copy
+import json
+import re
+import time
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from ..device import autocast
+from ..errors import FcnsegError
+from ..fileio import atomic_write_text
+
+UNITS = {"s": 1.0, "m": 60.0, "min": 60.0, "h": 3600.0}
+# Share of the budget left for what the plan cannot time: data loading stalls, checkpoint
+# writes, the logs, and the host's noise.
+SAFETY = 0.92
+
+
+def parse_duration(text: str) -> float:
+    """``"90s"``, ``"60m"``, ``"1.5h"`` or plain seconds -> seconds (> 0)."""
+    match = re.fullmatch(r"\s*(\d+(?:\.\d+)?)\s*(s|m|min|h)?\s*", str(text))
+    if not match or float(match.group(1)) <= 0:
+        raise FcnsegError(f"time budget {text!r}: give a positive duration such as 90s, "
+                          "60m or 1.5h")
+    return float(match.group(1)) * UNITS[match.group(2) or "s"]
+
+
+def time_step(model: torch.nn.Module, loss_fn: Callable, batch: tuple[torch.Tensor, torch.Tensor],
+              device: torch.device, dtype: torch.dtype, steps: int = 3) -> float:
+    """Median seconds of a training step on ``batch``, on a copy (the run is untouched)."""
+    twin = copy.deepcopy(model).train()
+    opt = torch.optim.SGD([p for p in twin.parameters() if p.requires_grad], lr=1e-6)
+    images, masks = batch[0].to(device), batch[1].to(device)
+    times = []
+    for _ in range(steps + 1):  # the first step pays for one-off set-up: not counted
+        start = time.perf_counter()
+        with autocast(device, dtype):
+            logits = twin(images)["out"]
+        loss = loss_fn(logits, masks)
+        opt.zero_grad(set_to_none=True)
+        loss.backward()
+        opt.step()
+        times.append(time.perf_counter() - start)
+    return sorted(times[1:])[len(times[1:]) // 2]
+
+
+def time_forward(model: torch.nn.Module, image: torch.Tensor, device: torch.device,
+                 dtype: torch.dtype) -> float:
+    """Seconds of one whole-image forward pass (validation's unit of work)."""
+    twin = copy.deepcopy(model).eval()
+    x = image[None].to(device)
+    with torch.inference_mode(), autocast(device, dtype):
+        twin(x)
+        start = time.perf_counter()
+        twin(x)
+    return time.perf_counter() - start
+
+
+def plan_epochs(budget_s: float, elapsed_s: float, step_s: float, steps_per_epoch: int,
+                validation_s: float, val_every: int, epoch_overhead_s: float = 0.0
+                ) -> dict[str, Any]:
+    """The plan: as many epochs as fit ``SAFETY`` of the budget left, validations and each
+    epoch's fixed cost (checkpoint writes, logs) included."""
+    left = SAFETY * budget_s - elapsed_s
+    per_epoch = step_s * steps_per_epoch + epoch_overhead_s + (
+        validation_s / val_every if val_every else 0.0)
+    epochs = int(left // per_epoch) if per_epoch > 0 else 1
+    if epochs < 1:
+        raise FcnsegError(f"a time budget of {budget_s:.0f} s leaves {max(left, 0):.0f} s after "
+                          f"start-up, less than one epoch ({per_epoch:.0f} s): give a larger "
+                          "--time-budget or a smaller data set / crop")
+    return {"budget_s": budget_s, "elapsed_before_training_s": round(elapsed_s, 2),
+            "seconds_per_step": round(step_s, 4), "steps_per_epoch": steps_per_epoch,
+            "validation_s": round(validation_s, 2), "val_every": val_every,
+            "epoch_overhead_s": round(epoch_overhead_s, 2),
+            "seconds_per_epoch": round(per_epoch, 2), "epochs": epochs,
+            "planned_s": round(elapsed_s + epochs * per_epoch, 1)}
+
+
+def plan_run(config: Any, model: torch.nn.Module, loss_fn: Callable, train_ds: Any,
+             val_ds: Any, steps_per_epoch: int, batch: int, device: torch.device,
+             dtype: torch.dtype, elapsed_s: float, info: Any, run_dir: Path) -> dict[str, Any]:
+    """Time this run's step (on real training crops, their loading included), validation,
+    checkpoint writes and logs here, and plan its epochs; rank 0's plan is broadcast."""
+    from .distributed import all_reduce_sum
+
+    fmt = torch.channels_last if config.channels_last else torch.contiguous_format
+    start = time.perf_counter()
+    items = [train_ds[(0, i)] for i in range(min(batch, len(train_ds)))]  # (epoch, index)
+    # Loading runs beside the model in worker processes: on a small CPU it still competes.
+    load_s = (time.perf_counter() - start) / max(1, min(config.workers, 2))
+    images = torch.stack([x for x, _ in items]).contiguous(memory_format=fmt)
+    step_s = time_step(model, loss_fn, (images, torch.stack([y for _, y in items])), device,
+                       dtype) + load_s
+    validation_s = 0.0
+    if val_ds is not None and len(val_ds):
+        h, w = val_ds.read_raw(0)[0].shape[:2]
+        validation_s = len(val_ds) * time_forward(model, torch.zeros(3, h, w), device,
+                                                  dtype) / info.world_size
+    overhead_s = _epoch_overhead(model, run_dir, config.val_every) if info.is_main else 0.0
+    plan = plan_epochs(config.time_budget, elapsed_s, step_s, steps_per_epoch, validation_s,
+                       config.val_every, overhead_s)
+    epochs = torch.tensor([plan["epochs"] if info.is_main else 0], device=device)
+    plan["epochs"] = int(all_reduce_sum(epochs, info).item())
+    return plan
+
+
+def _epoch_overhead(model: torch.nn.Module, run_dir: Path, val_every: int) -> float:
+    """Seconds an epoch spends outside its steps: last.pt written (again after a
+    validation, and best.pt when it improves) and the curves figure, timed in the run folder."""
+    from ..viz import plot_training_curves
+    from .checkpoint import save_checkpoint
+
+    probe = run_dir / ".budget-probe"
+    start = time.perf_counter()
+    save_checkpoint(probe, {"model": model.state_dict()})
+    save_s = time.perf_counter() - start
+    start = time.perf_counter()
+    plot_training_curves([{"epoch": 1, "train_loss": 1.0}], probe.with_suffix(".png"))
+    plot_s = time.perf_counter() - start
+    probe.unlink(missing_ok=True)
+    probe.with_suffix(".png").unlink(missing_ok=True)
+    writes = 1 + (2 / val_every if val_every else 0)  # + last.pt and best.pt at validations
+    return writes * save_s + plot_s
+
+
+def save_plan(run_dir: Path, plan: dict[str, Any]) -> None:
+    atomic_write_text(run_dir / "plan.json", json.dumps(plan, indent=2) + "\n")
+
+
+def describe(plan: dict[str, Any]) -> str:
+    return (f"time budget {plan['budget_s']:.0f} s: {plan['seconds_per_step']:.3f} s/step x "
+            f"{plan['steps_per_epoch']} steps/epoch + validation and checkpoints "
+            f"{plan['validation_s']:.1f} s every {plan['val_every']} epoch(s) -> "
+            f"{plan['epochs']} epochs, about {plan['planned_s']:.0f} s (plan.json)")
