@@ -74,7 +74,8 @@ def plan_epochs(budget_s: float, elapsed_s: float, step_s: float, steps_per_epoc
                 ) -> dict[str, Any]:
     """The plan: as many epochs as fit ``SAFETY`` of the budget left, validations and each
     epoch's fixed cost (checkpoint writes, logs) included."""
-    left = SAFETY * budget_s - elapsed_s
+    # The last epoch always validates; the others every val_every epochs.
+    left = SAFETY * budget_s - elapsed_s - (validation_s if val_every else 0.0)
     per_epoch = step_s * steps_per_epoch + epoch_overhead_s + (
         validation_s / val_every if val_every else 0.0)
     epochs = int(left // per_epoch) if per_epoch > 0 else 1
@@ -87,7 +88,7 @@ def plan_epochs(budget_s: float, elapsed_s: float, step_s: float, steps_per_epoc
             "validation_s": round(validation_s, 2), "val_every": val_every,
             "epoch_overhead_s": round(epoch_overhead_s, 2),
             "seconds_per_epoch": round(per_epoch, 2), "epochs": epochs,
-            "planned_s": round(elapsed_s + epochs * per_epoch, 1)}
+            "planned_s": round(SAFETY * budget_s - left + epochs * per_epoch, 1)}
 
 
 def plan_run(config: Any, model: torch.nn.Module, loss_fn: Callable, train_ds: Any,
