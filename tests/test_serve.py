@@ -82,6 +82,8 @@ def test_health_ready_and_model(predictor):
     assert page.status_code == 200 and "<canvas" in page.text
     assert "http" not in page.text.replace("http-equiv", "")  # no CDN: works offline
     assert c.get("/static/app.js").status_code == 200
+    missing = c.get("/v2/nothing")
+    assert missing.status_code == 404 and missing.json() == {"error": "Not Found"}
 
 
 @pytest.mark.parametrize("size", [(97, 131), (375, 500)])
