@@ -9,10 +9,11 @@ from typing import Any
 
 from .options import add_inference_options, load_predictor
 
-DEFAULTS = {"max_upload_mb": 20.0, "max_pixels": 25_000_000, "concurrency": 1, "queue": 8}
-
 
 def add_parser(subparsers: Any, help_text: str) -> None:
+    from ..serve.settings import ServeSettings  # the defaults' one source (no FastAPI import)
+
+    d = ServeSettings()
     p = subparsers.add_parser("serve", help=help_text, description=help_text)
     p.add_argument("--checkpoint", required=True, metavar="MODEL",
                    help="a best.pt / last.pt, or an exported model.onnx")
@@ -23,14 +24,16 @@ def add_parser(subparsers: Any, help_text: str) -> None:
     p.add_argument("--api-key", default=None,
                    help="require this X-API-Key header on /v1/* (default: the "
                         "FCNSEG_API_KEY environment variable, else no key)")
-    p.add_argument("--max-upload-mb", type=float, default=DEFAULTS["max_upload_mb"],
-                   help="largest upload, MB (default 20; larger: 413)")
-    p.add_argument("--max-pixels", type=int, default=DEFAULTS["max_pixels"],
-                   help="largest image, pixels (default 25000000; larger: 413)")
-    p.add_argument("--concurrency", type=int, default=DEFAULTS["concurrency"],
-                   help="model calls at once (default 1: one call already uses every core)")
-    p.add_argument("--queue", type=int, default=DEFAULTS["queue"],
-                   help="requests waiting for the model before 503 + Retry-After (default 8)")
+    p.add_argument("--max-upload-mb", type=float, default=d.max_upload_mb,
+                   help=f"largest upload, MB (default {d.max_upload_mb:g}; larger: 413)")
+    p.add_argument("--max-pixels", type=int, default=d.max_pixels,
+                   help=f"largest image, pixels (default {d.max_pixels}; larger: 413)")
+    p.add_argument("--concurrency", type=int, default=d.concurrency,
+                   help=f"model calls at once (default {d.concurrency}: one call already "
+                        "uses every core)")
+    p.add_argument("--queue", type=int, default=d.queue,
+                   help=f"requests waiting for the model before 503 + Retry-After "
+                        f"(default {d.queue})")
     add_inference_options(p)
     p.set_defaults(func=run)
 

@@ -112,8 +112,9 @@ class Predictor:
         with overlapping tiles instead, whose memory does not grow with the image.
         """
         pixels = [to_pixels(img) for img in images]
-        whole = [i for i, p in enumerate(pixels) if self.fits_whole(*p.shape[1:])]
-        tiled = [i for i in range(len(pixels)) if i not in set(whole)]
+        fits = [self.fits_whole(*p.shape[1:]) for p in pixels]
+        whole = [i for i, ok in enumerate(fits) if ok]
+        tiled = [i for i, ok in enumerate(fits) if not ok]
         out: list[torch.Tensor | None] = [None] * len(pixels)
         with torch.inference_mode():  # TTA sums views in place: no autograd bookkeeping
             for idx, opts in ((whole, self.options), (tiled, self.tiled_options)):

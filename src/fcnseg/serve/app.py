@@ -13,7 +13,7 @@ import asyncio
 import base64
 import hmac
 from concurrent.futures import ThreadPoolExecutor
-from dataclasses import asdict, dataclass
+from dataclasses import asdict
 from pathlib import Path
 from typing import Any, Literal
 
@@ -31,20 +31,10 @@ from ..data.io import ImageTooLargeError, NotAnImageError, read_image
 from ..errors import FcnsegError
 from ..inference import MODES, Predictor
 from ..viz import overlay, palette_image, png_bytes
+from .settings import ServeSettings
 
 STATIC = Path(__file__).parent / "static"
 RAW_TYPES = ("image/", "application/octet-stream")
-
-
-@dataclass(frozen=True)
-class ServeSettings:
-    """Limits of the service (``fcnseg serve --help`` states the defaults)."""
-
-    max_upload_mb: float = 20.0
-    max_pixels: int = 25_000_000
-    concurrency: int = 1  # model calls at once: one already uses every core of a CPU
-    queue: int = 8  # requests waiting for the model before 503
-    api_key: str | None = None
 
 
 class ApiError(Exception):
