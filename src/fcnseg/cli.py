@@ -15,8 +15,8 @@ from . import __version__
 from .allocator import keep_freed_memory
 from .errors import FcnsegError
 
-# Sub-command name -> module under fcnseg.commands. Imported lazily so that
-# `fcnseg upsample` does not pay for importing the training engine.
+# Sub-command name -> module under fcnseg.commands. Each module only registers its options
+# here; what a command needs (the training engine, FastAPI...) is imported inside its run().
 COMMANDS = {
     "demo": "Train, evaluate and visualise an FCN-8s on the built-in synthetic data (offline).",
     "train": "Train an FCN on VOC, CamVid, an image/mask folder or the synthetic data.",

@@ -11,8 +11,6 @@ import math
 
 import torch
 
-METRIC_KEYS = ("pixel_accuracy", "mean_accuracy", "miou", "fwiou")
-
 
 class ConfusionMatrix:
     """A ``num_classes x num_classes`` count matrix: rows are the truth, columns the prediction.

@@ -13,20 +13,12 @@ import json
 import time
 from typing import Any
 
-# The demo's recipe, chosen by measurement (benchmarks/RESULTS.md, "demo recipe search"):
-# 1024 images (2048 images x 5 epochs reached the same as 1024 x 10); 3/4-size crops (96 px,
-# a multiple of 32: other sizes are padded up to one, at no saving) give ~1.3x the steps of
-# whole images in the same time; AdamW at 2e-2 (beat 1e-2 and 5e-3; SGD with momentum was far
-# behind) + poly; no scale jitter (it slowed learning in a short budget); no zero-init of the
-# residual branches (it slowed learning too). No ImageNet weights: it must work offline.
-# Session 3: from scratch, ~80 % of the errors lie within 2 px of a shape's outline, so the
-# loss aims there: cross entropy + Lovasz-softmax (an IoU surrogate; 0.841 -> 0.860 mIoU after
-# 8 epochs) with boundary pixels weighted 5x (-> 0.878, with weight decay 0.05). 10 epochs:
-# 0.901 (9 gave 0.888): 4 min 56 s in all on this 2-core CPU when its shared host is quiet,
-# 6.5-7 min when busy. Session 4 found nothing that reaches 0.90 in 8 epochs (lr 3e-2, deep
-# supervision, 64 px crops first: 0.850-0.877 single pass).
-# NCHW, not channels-last: at 96 px a step was 1.05-1.18x faster in NCHW on this CPU
-# (session 5, with freed memory reused: 0.96-1.14x, within the noise).
+# The demo's recipe, each choice measured (benchmarks/RESULTS.md, "The demo" and the recipe
+# searches): 1024 images of 128 px, 96 px crops (more steps per minute than whole images);
+# AdamW 2e-2 + poly; no scale jitter (it slowed learning in a short budget); cross entropy +
+# Lovasz-softmax with boundary pixels weighted 5x, because from scratch most errors lie on
+# the shapes' outlines; 10 epochs (the fewest that reach 0.90); NCHW, as fast as
+# channels-last at 96 px. No ImageNet weights: the demo must work offline.
 DEMO_SETTINGS: dict[str, Any] = {
     "dataset": "shapes", "model": "fcn8s", "backbone": "resnet18", "pretrained": False,
     "optimizer": "adamw", "lr": 2e-2, "weight_decay": 0.05, "schedule": "poly",

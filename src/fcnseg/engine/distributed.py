@@ -92,15 +92,6 @@ def all_reduce_sum(tensor: torch.Tensor, info: DistInfo) -> torch.Tensor:
     return tensor
 
 
-def any_rank(flag: bool, info: DistInfo) -> bool:
-    """True on every rank when ``flag`` is true on any: keeps all ranks' decisions equal."""
-    if not info.enabled:
-        return flag
-    t = torch.tensor([1.0 if flag else 0.0], device=info.device)
-    dist.all_reduce(t, op=dist.ReduceOp.MAX)
-    return bool(t.item() > 0)
-
-
 def per_rank_batch(batch_size: int, num_samples: int, info: DistInfo) -> int:
     """Split the *global* ``batch_size`` over ranks; clear errors when it cannot be done.
 

@@ -146,10 +146,6 @@ def bilinear_upsampler(channels: int, scale: int, learnable: bool = True) -> nn.
     return upsampler(channels, scale, init="bilinear", learnable=learnable)
 
 
-# The name DESIGN.md used first; kept so that both spellings work.
-bilinear_upsample_layer = bilinear_upsampler
-
-
 def bilinear_upsample(x: Tensor, scale: int) -> Tensor:
     """Enlarge ``x`` (N x C x H x W) by ``scale`` with a bilinear transposed convolution.
 
