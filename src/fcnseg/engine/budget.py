@@ -111,7 +111,7 @@ def plan_run(config: Any, model: torch.nn.Module, loss_fn: Callable, train_ds: A
         h, w = val_ds.read_raw(0)[0].shape[:2]
         validation_s = len(val_ds) * time_forward(model, torch.zeros(3, h, w), device,
                                                   dtype) / info.world_size
-    overhead_s = _epoch_overhead(model, run_dir, config.val_every) if info.is_main else 0.0
+    overhead_s = _epoch_overhead(model, run_dir, config) if info.is_main else 0.0
     plan = plan_epochs(config.time_budget, elapsed_s, step_s, steps_per_epoch, validation_s,
                        config.val_every, overhead_s)
     epochs = torch.tensor([plan["epochs"] if info.is_main else 0], device=device)
@@ -119,15 +119,22 @@ def plan_run(config: Any, model: torch.nn.Module, loss_fn: Callable, train_ds: A
     return plan
 
 
-def _epoch_overhead(model: torch.nn.Module, run_dir: Path, val_every: int) -> float:
+def _epoch_overhead(model: torch.nn.Module, run_dir: Path, config: Any) -> float:
     """Seconds an epoch spends outside its steps: last.pt written (again after a
     validation, and best.pt when it improves) and the curves figure, timed in the run folder."""
     from ..viz import plot_training_curves
     from .checkpoint import save_checkpoint
 
+    # A checkpoint is the weights plus the optimizer's per-weight state: AdamW keeps two
+    # moments of every weight, SGD with momentum one. The probe has the same size.
+    moments = 2 if config.optimizer == "adamw" else int(config.momentum > 0)
+    weights = [p.detach() for p in model.parameters()]
+    probe_state = {"model": model.state_dict(),
+                   "optimizer": [w.clone() for _ in range(moments) for w in weights]}
+    val_every = config.val_every
     probe = run_dir / ".budget-probe"
     start = time.perf_counter()
-    save_checkpoint(probe, {"model": model.state_dict()})
+    save_checkpoint(probe, probe_state)
     save_s = time.perf_counter() - start
     start = time.perf_counter()
     plot_training_curves([{"epoch": 1, "train_loss": 1.0}], probe.with_suffix(".png"))

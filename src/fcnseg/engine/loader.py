@@ -129,7 +129,7 @@ def build_train_val_data(config: Any) -> tuple[Any, AugmentedDataset, Any]:
     Empty splits are a :class:`DataError` naming the split and the flag to change.
     """
     from ..data import build_dataset
-    from ..data.transforms import eval_transform, train_transform
+    from ..data.transforms import train_transform
     from ..errors import DataError
 
     base = build_dataset(config.dataset, config.data_dir, config.split, **config.data_options)
@@ -145,8 +145,9 @@ def build_train_val_data(config: Any) -> tuple[Any, AugmentedDataset, Any]:
     train = AugmentedDataset(base, transform, config.seed, n)
     val = None
     if config.val_every:
+        # No transform: validation reads raw pixels (read_raw), the Predictor normalises.
         val = build_dataset(config.dataset, config.data_dir, config.val_split,
-                            transform=eval_transform(meta), **config.data_options)
+                            **config.data_options)
         if config.limit_val:
             val = LimitedDataset(val, config.limit_val)
         if hasattr(val, "read_raw"):  # a bad val image or mask fails now, not after an epoch
