@@ -23,19 +23,28 @@ import sys
 import time
 from pathlib import Path
 
+import torch
+
 ROOT = Path(__file__).resolve().parents[1]
 CAMVID = ROOT.parent / "shared" / "data" / "camvid"
 
-# Settings changed on top of a recipe: passed to `fcnseg train` as flags, and used to time
-# the recipe's step with its own loss. fcnseg-ce is the ablation of fcnseg's loss: cross
-# entropy alone (the recipe before session 4).
-OVERRIDES: dict[str, dict] = {"fcnseg-ce": {"loss": "ce", "boundary_weight": 0.0}}
+# Settings changed on top of a recipe, passed to `fcnseg train` as flags. fcnseg-ce is the
+# ablation of fcnseg's loss: cross entropy alone (the recipe before session 4); fcnseg-s7 is
+# the recipe before session 8's generalisation changes (no colour jitter, scale 0.75-1.25,
+# no weight average).
+OVERRIDES: dict[str, dict] = {
+    "fcnseg-ce": {"loss": "ce", "boundary_weight": 0.0},
+    "fcnseg-s7": {"color_jitter": 0.0, "scale": [0.75, 1.25], "ema": 0.0},
+}
+# Test-time augmentation scored beside the plain prediction: flips and three scales.
+TTA = ["--flip", "--scales", "0.75", "1", "1.25"]
 
 
 def _train_flags(recipe: str, overrides: dict | None = None) -> list[str]:
     flags = ["--recipe", recipe, "--no-pretrained"]
     for key, value in (overrides or {}).items():
-        flags += [f"--{key.replace('_', '-')}", str(value)]
+        values = value if isinstance(value, list) else [value]
+        flags += [f"--{key.replace('_', '-')}", *map(str, values)]
     return flags
 
 
@@ -44,7 +53,7 @@ def _train_flags(recipe: str, overrides: dict | None = None) -> list[str]:
 RECIPES: dict[str, list[str]] = {
     "d2l": _train_flags("d2l"),
     "fcnseg": _train_flags("fcnseg"),
-    "fcnseg-ce": _train_flags("fcnseg", OVERRIDES["fcnseg-ce"]),
+    **{name: _train_flags("fcnseg", values) for name, values in OVERRIDES.items()},
 }
 
 
@@ -61,14 +70,28 @@ def start_training(recipe: str, budget_s: float, out: Path, threads: int,
     return subprocess.Popen(cmd, stdout=log, stderr=subprocess.STDOUT, env=env)
 
 
-def evaluate(recipe: str, out: Path, data: list[str]) -> dict:
-    result = out / f"{recipe}.metrics.json"
+def evaluate(recipe: str, out: Path, data: list[str], checkpoint: str = "last.pt",
+             tag: str = "", flags: tuple[str, ...] = ()) -> dict:
+    result = out / f"{recipe}{tag}.metrics.json"
     cmd = [sys.executable, "-m", "fcnseg", "evaluate", "--checkpoint",
-           str(out / recipe / "last.pt"), "--dataset", "camvid", "--data-dir", str(CAMVID),
-           *data, "--split", "val", "--json", str(result), "--no-progress"]
+           str(out / recipe / checkpoint), "--dataset", "camvid", "--data-dir", str(CAMVID),
+           *data, "--split", "val", "--json", str(result), "--no-progress", *flags]
     print("$", " ".join(cmd[1:]), flush=True)
     subprocess.run(cmd, check=True)
     return json.loads(result.read_text())
+
+
+def score(recipe: str, out: Path, data: list[str]) -> dict:
+    """The saved model as is, with test-time augmentation, and (when the run kept a weight
+    average) the last trained weights without it."""
+    scores = {"plain": evaluate(recipe, out, data), "tta": evaluate(recipe, out, data,
+                                                                     tag=".tta", flags=TTA)}
+    checkpoint = torch.load(out / recipe / "last.pt", map_location="cpu", weights_only=True)
+    if "trained_model" in checkpoint:  # the ablation of the weight average, for free
+        checkpoint["model"] = checkpoint.pop("trained_model")
+        torch.save(checkpoint, out / recipe / "no_average.pt")
+        scores["no_average"] = evaluate(recipe, out, data, "no_average.pt", ".no_average")
+    return scores
 
 
 def main() -> None:
@@ -108,13 +131,18 @@ def main() -> None:
             time.sleep(2)
     for recipe in args.recipes:
         plan = json.loads((args.out / recipe / "plan.json").read_text())
-        results[recipe] = {**plan, "train_seconds": seconds[recipe],
-                           **evaluate(recipe, args.out, data)}
+        scores = score(recipe, args.out, data)
+        results[recipe] = {**plan, "train_seconds": seconds[recipe], **scores["plain"],
+                           "variants": scores}
 
-    print(f"\n{'recipe':<8} {'epochs':>6} {'train min':>9} {'pix acc':>8} {'mIoU':>6}")
+    print(f"\n{'recipe':<10} {'epochs':>6} {'train min':>9} {'pix acc':>8} {'mIoU':>6} "
+          f"{'+TTA':>6} {'no avg':>6}")
     for recipe, r in results.items():
-        print(f"{recipe:<8} {r['epochs']:>6} {r['train_seconds'] / 60:9.1f} "
-              f"{r['pixel_accuracy']:8.4f} {r['miou']:6.4f}")
+        v = r["variants"]
+        no_average = f"{v['no_average']['miou']:6.4f}" if "no_average" in v else "     -"
+        print(f"{recipe:<10} {r['epochs']:>6} {r['train_seconds'] / 60:9.1f} "
+              f"{r['pixel_accuracy']:8.4f} {r['miou']:6.4f} {v['tta']['miou']:6.4f} "
+              f"{no_average}")
     names = list(next(iter(results.values()))["per_class_iou"])
     print("per-class IoU: " + ", ".join(
         f"{n} " + "/".join(f"{(results[r]['per_class_iou'][n] or 0):.2f}" for r in results)

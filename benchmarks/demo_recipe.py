@@ -28,9 +28,9 @@ import fcnseg.data.shapes as shapes
 import fcnseg.engine.train as train_module
 import fcnseg.models as models
 from fcnseg.allocator import keep_freed_memory
-from fcnseg.commands.demo import DEMO_SETTINGS
 from fcnseg.data import build_dataset
 from fcnseg.engine.config import resolve_config
+from fcnseg.engine.demo import DEMO_SETTINGS
 from fcnseg.engine.evaluate import evaluate
 from fcnseg.engine.train import fit
 from fcnseg.inference import Predictor
@@ -94,13 +94,13 @@ def main() -> None:
     start = time.perf_counter()
     result = fit(config, overwrite=True)  # a re-run of a variant replaces its run folder
     seconds = time.perf_counter() - start
-    metrics = result["val_metrics"]
+    metrics = result.val_metrics
     # Only the validation split: rebuilding the training set would decode its images again.
     val = build_dataset("shapes", config.data_dir, "val", **data_options)
-    flipped = evaluate(Predictor.from_model(result["model"].eval(), val.meta, flip=True), val,
+    flipped = evaluate(Predictor.from_model(result.model.eval(), val.meta, flip=True), val,
                        progress=False).compute()
     history = [[row["epoch"], round(row["train_loss"], 4), round(row.get("val_miou", -1), 4)]
-               for row in result["history"]]
+               for row in result.history]
     print(json.dumps({"name": name, "args": vars(args), "miou": round(metrics["miou"], 4),
                       "miou_flip_tta": round(flipped["miou"], 4),
                       "per_class_iou": [round(v, 3) for v in metrics["per_class_iou"]],

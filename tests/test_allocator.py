@@ -37,6 +37,7 @@ def _probe(**env: str) -> tuple[bool, int]:
     return out[0] == "True", int(out[1])
 
 
+@pytest.mark.slow
 @pytest.mark.skipif(platform.libc_ver()[0] != "glibc", reason="mallopt is glibc's")
 def test_freed_memory_is_reused_without_page_faults():
     applied, faults = _probe(FCNSEG_MALLOC="")
@@ -44,6 +45,7 @@ def test_freed_memory_is_reused_without_page_faults():
     assert faults < 5 * PAGES_PER_BLOCK  # 10 * 16,384 when every block is mapped anew
 
 
+@pytest.mark.slow
 def test_opt_out_leaves_malloc_alone():
     applied, _ = _probe(FCNSEG_MALLOC="system")
     assert not applied

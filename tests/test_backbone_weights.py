@@ -14,7 +14,12 @@ import torchvision
 
 from fcnseg.errors import FcnsegError, WeightsError
 from fcnseg.models import build_model
-from fcnseg.models.backbones import BACKBONES, build_backbone, hub_cache_path
+from fcnseg.models.backbones import (
+    BACKBONES,
+    build_backbone,
+    hub_cache_path,
+    load_backbone_state,
+)
 
 
 def _seeded_resnet18(seed: int = 123) -> torchvision.models.ResNet:
@@ -77,17 +82,17 @@ def test_build_model_uses_the_weights_file(saved_resnet18):
     model = build_model("fcn8s", 5, backbone_weights=str(path)).eval()
     x = torch.rand(1, 3, 64, 64)
     with torch.no_grad():
-        assert torch.equal(model.backbone_features(x), _torchvision_taps(reference, x)[2])
+        assert torch.equal(model.backbone(x)["s32"], _torchvision_taps(reference, x)[2])
     random_model = build_model("fcn8s", 5).eval()
     with torch.no_grad():  # guards against the file being silently ignored
-        assert not torch.equal(random_model.backbone_features(x), model.backbone_features(x))
+        assert not torch.equal(random_model.backbone(x)["s32"], model.backbone(x)["s32"])
 
 
-def test_a_state_dict_without_fc_also_loads(saved_resnet18, tmp_path):
+def test_a_state_dict_without_fc_also_loads(saved_resnet18):
     reference, _ = saved_resnet18
     state = {k: v for k, v in reference.state_dict().items() if not k.startswith("fc.")}
-    torch.save(state, tmp_path / "nofc.pth")
-    body, _ = build_backbone("resnet18", weights_path=tmp_path / "nofc.pth")
+    body, _ = build_backbone("resnet18")
+    load_backbone_state(body, state, "resnet18", "a state dict without fc.*")
     torch.testing.assert_close(body.conv1.weight, reference.conv1.weight, rtol=0, atol=0)
 
 
@@ -118,12 +123,12 @@ def test_wrong_architecture_weights(saved_resnet18, tmp_path):
     # resnet18 weights for a resnet34: layer blocks missing
     with pytest.raises(WeightsError, match=r"resnet18\.pth.*resnet34.*missing keys"):
         build_backbone("resnet34", weights_path=path)
-    # a resnet18 state dict with one tensor of the wrong shape
-    state = torch.load(path, weights_only=True)
-    state["layer3.0.conv1.weight"] = torch.zeros(256, 64, 3, 3)
+    # a state dict with one tensor of the wrong shape (of the kilobyte test backbone)
+    state = build_backbone("tiny")[0].state_dict()
+    state["layer3.0.conv1.weight"] = torch.zeros(32, 8, 3, 3)
     torch.save(state, tmp_path / "shape.pth")
     with pytest.raises(WeightsError, match=r"shape\.pth.*shape mismatch.*layer3\.0\.conv1"):
-        build_backbone("resnet18", weights_path=tmp_path / "shape.pth")
+        build_backbone("tiny", weights_path=tmp_path / "shape.pth")
 
 
 def test_pretrained_with_empty_cache_and_no_network_names_the_cache_path(offline_hub):
@@ -141,7 +146,7 @@ def test_pretrained_reads_the_hub_cache_offline(offline_hub, saved_resnet18):
     reference, path = saved_resnet18
     _, cached = hub_cache_path("resnet18")
     cached.parent.mkdir(parents=True)
-    cached.write_bytes(path.read_bytes())  # as if downloaded earlier
+    cached.symlink_to(path)  # as if downloaded earlier
     body, _ = build_backbone("resnet18", pretrained=True)
     assert offline_hub == []  # no download attempted
     x = torch.rand(1, 3, 64, 64)
@@ -161,4 +166,15 @@ def test_pretrained_with_a_corrupt_cached_file(offline_hub):
 
 def test_weights_errors_are_user_errors():
     assert issubclass(WeightsError, FcnsegError)
-    assert set(BACKBONES) == {"resnet18", "resnet34", "resnet50", "resnet101"}
+    assert set(BACKBONES) == {"resnet18", "resnet34", "resnet50", "resnet101", "tiny"}
+
+
+def test_the_tiny_test_backbone_has_resnet_taps_and_no_imagenet_weights():
+    body, channels = build_backbone("tiny")
+    feats = body(torch.zeros(1, 3, 64, 96))
+    assert {k: tuple(v.shape[1:]) for k, v in feats.items()} == {
+        "s8": (channels["s8"], 8, 12), "s16": (channels["s16"], 4, 6),
+        "s32": (channels["s32"], 2, 3)}
+    assert sum(p.numel() for p in body.parameters()) < 100_000
+    with pytest.raises(WeightsError, match="--no-pretrained"):
+        build_backbone("tiny", pretrained=True)

@@ -23,7 +23,7 @@ from fcnseg.errors import CheckpointError
 
 
 def _state(num_classes=3, name="fcn8s"):
-    args = {"name": name, "num_classes": num_classes, "backbone": "resnet18",
+    args = {"name": name, "num_classes": num_classes, "backbone": "tiny",
             "pretrained": False, "backbone_weights": None, "upsample_init": "bilinear"}
     model = build_model(**args)
     meta = DatasetMeta("toy", [f"c{i}" for i in range(num_classes)],

@@ -7,27 +7,13 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-import torch
 from PIL import Image
 
-from fcnseg import __version__, build_model, cli
+from conftest import CAMVID, TOY_CLASSES, TOY_PALETTE, make_checkpoint
+from fcnseg import cli
 from fcnseg.cli import main
-from fcnseg.data import DatasetMeta
-from fcnseg.engine.checkpoint import save_checkpoint
 
-NAMES = ["background", "thing"]
-PALETTE = [(0, 0, 0), (200, 30, 30)]
-CAMVID = Path(__file__).resolve().parents[2] / "shared" / "data" / "camvid"
-
-
-def make_checkpoint(path: Path, names=NAMES, palette=PALETTE, seed: int = 0) -> Path:
-    torch.manual_seed(seed)
-    model = build_model("fcn32s", len(names), backbone="resnet18")
-    meta = DatasetMeta("toy", names, palette)
-    state = {"model": model.state_dict(), "meta": meta.to_dict(), "fcnseg_version": __version__,
-             "model_args": {"name": "fcn32s", "num_classes": len(names),
-                            "backbone": "resnet18"}}
-    return save_checkpoint(path, state)
+NAMES, PALETTE = TOY_CLASSES, TOY_PALETTE
 
 
 def write_image(path: Path, h: int, w: int, seed: int = 0) -> Path:

@@ -95,6 +95,7 @@ def test_unwritable_output_names_the_path(tmp_path, capsys):
     assert not list(tmp_path.glob("**/*.tmp"))
 
 
+@pytest.mark.slow
 def test_subprocess_exit_code_and_no_traceback(tmp_path):
     junk = tmp_path / "data.bin"
     junk.write_bytes(b"\x00\x01garbage")

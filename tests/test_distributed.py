@@ -33,6 +33,7 @@ def data_dir(tmp_path_factory):
     return root
 
 
+@pytest.mark.slow
 def test_two_process_metrics_equal_one_process(data_dir, tmp_path):
     from fcnseg.data import build_dataset
     from fcnseg.engine.checkpoint import model_from_checkpoint
@@ -41,7 +42,7 @@ def test_two_process_metrics_equal_one_process(data_dir, tmp_path):
 
     out = tmp_path / "run"
     res = _torchrun(["--dataset", "shapes", "--data-dir", str(data_dir), *DATA,
-                     "--model", "fcn32s", "--no-pretrained", "--epochs", "1",
+                     "--model", "fcn32s", "--no-pretrained", "--backbone", "tiny", "--epochs", "1",
                      "--batch-size", "4", "--crop", "48", "48", "--workers", "0",
                      "--device", "cpu", "--precision", "fp32", "--out", str(out)], tmp_path)
     assert res.returncode == 0, res.stderr[-3000:]
@@ -61,9 +62,11 @@ def test_two_process_metrics_equal_one_process(data_dir, tmp_path):
     assert ck["history"][0]["val_miou"] == rows[0]["val_miou"]
 
 
+@pytest.mark.slow
 def test_more_processes_than_samples(data_dir, tmp_path):
     res = _torchrun(["--dataset", "shapes", "--data-dir", str(data_dir), *DATA,
                      "--limit-train", "1", "--model", "fcn32s", "--no-pretrained",
+                     "--backbone", "tiny",
                      "--batch-size", "2", "--crop", "48", "48", "--workers", "0",
                      "--device", "cpu", "--out", str(tmp_path / "r")], tmp_path)
     assert res.returncode != 0

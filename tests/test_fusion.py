@@ -20,7 +20,7 @@ def _with_running_stats(model: nn.Module) -> nn.Module:
     return model.eval()
 
 
-@pytest.mark.parametrize("backbone", ["resnet18", "resnet50"])
+@pytest.mark.parametrize("backbone", ["resnet18", pytest.param("resnet50", marks=pytest.mark.slow)])
 def test_fold_batchnorm_keeps_outputs_and_removes_every_batchnorm(backbone):
     model = _with_running_stats(build_model("fcn8s", 5, backbone=backbone))
     folded = fold_batchnorm(model)

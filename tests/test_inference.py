@@ -8,7 +8,7 @@ from PIL import Image
 from torch import nn
 
 from fcnseg import build_model
-from fcnseg.inference import Predictor, predict_logits, predict_mask
+from fcnseg.inference import Predictor, predict_mask, predict_probabilities
 
 
 class Pointwise(nn.Module):
@@ -74,9 +74,9 @@ class ColumnRamp(nn.Module):
 @pytest.mark.parametrize("size", [(360, 480), (375, 500), (97, 131)])
 def test_fcn_predictions_have_exactly_the_input_size(size):
     torch.manual_seed(0)
-    model = build_model("fcn8s", 5, backbone="resnet18")
+    model = build_model("fcn8s", 5, backbone="tiny")
     image = torch.randn(1, 3, *size)
-    probs = predict_logits(model, image)
+    probs = predict_probabilities(model, image)
     assert probs.shape == (1, 5, *size) and probs.dtype == torch.float32
     assert torch.allclose(probs.sum(1), torch.ones(1, *size), atol=1e-5)
     # tiles that do not divide the image: the last row/column of tiles is flush with the edge
@@ -85,12 +85,13 @@ def test_fcn_predictions_have_exactly_the_input_size(size):
     assert mask.shape == (1, *size) and mask.dtype == torch.int64
 
 
+@pytest.mark.slow
 def test_large_image_1200x1600():
     model = build_model("fcn32s", 3, backbone="resnet18")
     image = torch.randn(1, 3, 1200, 1600)
     assert predict_mask(model, image).shape == (1, 1200, 1600)
     tiny = Pointwise()
-    probs = predict_logits(tiny, image, mode="slide", tile=(320, 480), tile_batch=6)
+    probs = predict_probabilities(tiny, image, mode="slide", tile=(320, 480), tile_batch=6)
     assert probs.shape == (1, 3, 1200, 1600)
     # tiles are processed a chunk at a time: no forward sees more than tile_batch tiles
     assert max(c[0] for c in tiny.calls) <= 6 and len(tiny.calls) > 1
@@ -100,8 +101,8 @@ def test_large_image_1200x1600():
 def test_slide_equals_pad_for_a_pointwise_model():
     model = Pointwise()
     image = torch.randn(2, 3, 70, 90)
-    pad = predict_logits(model, image, mode="pad")
-    slide = predict_logits(model, image, mode="slide", tile=(32, 48), stride=(20, 30))
+    pad = predict_probabilities(model, image, mode="pad")
+    slide = predict_probabilities(model, image, mode="slide", tile=(32, 48), stride=(20, 30))
     assert torch.allclose(pad, slide, atol=1e-5)
 
 
@@ -119,10 +120,10 @@ def test_slide_agrees_closely_with_pad_on_a_fitted_model():
         opt.zero_grad()
         loss.backward()
         opt.step()
-    pad_probs = predict_logits(model, image)
+    pad_probs = predict_probabilities(model, image)
     pad = pad_probs.argmax(1)
     assert (pad[0] == label).float().mean() > 0.7  # the fit did learn something
-    slide_probs = predict_logits(model, image, mode="slide", tile=(48, 48), stride=(24, 24))
+    slide_probs = predict_probabilities(model, image, mode="slide", tile=(48, 48), stride=(24, 24))
     agreement = (pad == slide_probs.argmax(1)).float().mean().item()
     assert agreement > 0.98
     # pixels whose 7 x 7 neighbourhood lies inside every tile covering them are exact:
@@ -133,10 +134,10 @@ def test_slide_agrees_closely_with_pad_on_a_fitted_model():
 def test_small_images_are_padded_to_a_tile_and_cropped_back():
     model = Pointwise()
     image = torch.randn(1, 3, 20, 30)
-    slide = predict_logits(model, image, mode="slide", tile=(32, 48))
+    slide = predict_probabilities(model, image, mode="slide", tile=(32, 48))
     assert slide.shape == (1, 3, 20, 30)
     assert model.calls[-1][-2:] == (32, 48)
-    assert torch.allclose(slide, predict_logits(model, image), atol=1e-5)
+    assert torch.allclose(slide, predict_probabilities(model, image), atol=1e-5)
 
 
 def test_overlap_averages_scores_not_labels():
@@ -146,7 +147,7 @@ def test_overlap_averages_scores_not_labels():
     image[..., 10:] = 4.0
     bias = torch.log(torch.tensor(0.4 / 0.6)).item()  # dark tiles: p(class 1) = 0.4
     model = TileMean(bias=bias, gain=8.0)  # bright tile: mean 1.0 -> p(class 1) ~ 0.9995
-    probs = predict_logits(model, image, mode="slide", tile=(8, 8), stride=(2, 2))
+    probs = predict_probabilities(model, image, mode="slide", tile=(8, 8), stride=(2, 2))
     tile_p1 = [torch.sigmoid(bias + 8.0 * image[..., x:x + 8].mean()).item()
                for x in (0, 2, 4)]
     assert tile_p1[0] == pytest.approx(0.4) and tile_p1[2] > 0.99
@@ -162,21 +163,21 @@ def test_overlap_averages_scores_not_labels():
 def test_lists_of_different_sizes_are_grouped_by_size():
     model = Pointwise()
     images = [torch.randn(3, 40, 50), torch.randn(3, 33, 21), torch.randn(3, 40, 50)]
-    out = predict_logits(model, images)
+    out = predict_probabilities(model, images)
     assert [tuple(p.shape) for p in out] == [(3, 40, 50), (3, 33, 21), (3, 40, 50)]
     assert sorted(c[0] for c in model.calls) == [1, 2]  # two forwards: one batch per size
     masks = predict_mask(model, images)
     assert masks[1].shape == (33, 21)
     # each image's result is its own: same as predicting it alone
-    assert torch.allclose(out[2], predict_logits(model, images[2][None])[0], atol=1e-5)
+    assert torch.allclose(out[2], predict_probabilities(model, images[2][None])[0], atol=1e-5)
 
 
 def test_flip_tta_averages_flipped_views():
     model = ColumnRamp()
     image = torch.randn(1, 3, 16, 20)
-    plain = predict_logits(model, image)
+    plain = predict_probabilities(model, image)
     assert not torch.allclose(plain, plain.flip(-1))
-    tta = predict_logits(model, image, flip=True)
+    tta = predict_probabilities(model, image, flip=True)
     # the ramp and its mirror averaged: symmetric left-right, p(class 1) ~ 0.5 everywhere
     assert torch.allclose(tta, tta.flip(-1), atol=1e-5)
     assert torch.allclose(tta[:, 1], torch.full_like(tta[:, 1], 0.5), atol=1e-5)
@@ -185,23 +186,23 @@ def test_flip_tta_averages_flipped_views():
 def test_multi_scale_tta_returns_input_size():
     model = Pointwise()
     image = torch.randn(1, 3, 30, 42)
-    probs = predict_logits(model, image, scales=(0.5, 1.0, 1.5), flip=True)
+    probs = predict_probabilities(model, image, scales=(0.5, 1.0, 1.5), flip=True)
     assert probs.shape == (1, 3, 30, 42)
     sizes = sorted({c[-2:] for c in model.calls})
     assert sizes == [(15, 21), (30, 42), (45, 63)]
     assert torch.allclose(probs.sum(1), torch.ones(1, 30, 42), atol=1e-5)
     # a pointwise model on a constant image: every scale gives the same scores
     const = torch.ones(1, 3, 30, 42) * 0.3
-    assert torch.allclose(predict_logits(model, const, scales=(0.5, 1.5)),
-                          predict_logits(model, const), atol=1e-5)
+    assert torch.allclose(predict_probabilities(model, const, scales=(0.5, 1.5)),
+                          predict_probabilities(model, const), atol=1e-5)
 
 
 def test_bf16_runs_and_returns_fp32_and_restores_training_mode():
     model = Smooth()
     model.train()
     image = torch.randn(1, 3, 32, 40)
-    fp32 = predict_logits(model, image)
-    bf16 = predict_logits(model, image, dtype=torch.bfloat16)
+    fp32 = predict_probabilities(model, image)
+    bf16 = predict_probabilities(model, image, dtype=torch.bfloat16)
     assert bf16.dtype == torch.float32
     assert (fp32 - bf16).abs().max() < 0.05
     assert model.training  # evaluate() during training must not leave the model in eval mode
@@ -211,11 +212,11 @@ def test_bad_options_raise():
     model = Pointwise()
     image = torch.randn(1, 3, 16, 16)
     with pytest.raises(KeyError, match="mode 'crop': choose one of pad, slide"):
-        predict_logits(model, image, mode="crop")
+        predict_probabilities(model, image, mode="crop")
     with pytest.raises(ValueError, match="stride"):
-        predict_logits(model, image, mode="slide", tile=(8, 8), stride=(16, 16))
+        predict_probabilities(model, image, mode="slide", tile=(8, 8), stride=(16, 16))
     with pytest.raises(ValueError, match="3 x H x W"):
-        predict_logits(model, torch.randn(1, 16, 16))
+        predict_probabilities(model, torch.randn(1, 16, 16))
 
 
 # --- engine.evaluate: whole images of a split, one matrix, distributed without double counting
@@ -290,6 +291,7 @@ def _rank_main(rank: int, world: int, init_file: str, out: str) -> None:
         dist.destroy_process_group()
 
 
+@pytest.mark.slow
 def test_distributed_evaluate_matches_single_process(tmp_path):
     import torch.multiprocessing as mp
 

@@ -22,13 +22,13 @@ def test_320x480_gives_stride_32_features_and_full_resolution_scores():
     model = build_model("fcn32s", 21).eval()
     x = torch.rand(1, 3, 320, 480)
     with torch.no_grad():
-        assert model.backbone_features(x).shape == (1, 512, 10, 15)
+        assert model.backbone(x)["s32"].shape == (1, 512, 10, 15)
         assert model(x)["out"].shape == (1, 21, 320, 480)
     assert isinstance(model, FCN)
     assert (model.num_classes, model.output_stride) == (21, 32)
 
 
-@pytest.mark.parametrize("backbone", ["resnet18", "resnet50"])
+@pytest.mark.parametrize("backbone", ["resnet18", pytest.param("resnet50", marks=pytest.mark.slow)])
 def test_375x500_for_every_variant(backbone):
     x = torch.rand(1, 3, 375, 500)
     for name, stride in MODELS.items():

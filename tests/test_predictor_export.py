@@ -30,7 +30,8 @@ def trained(tmp_path_factory):
                    "--data-option", "size=64", "--data-option", "image_size=64",
                    "--data-option", "val_size=8", "--epochs", "6", "--batch-size", "8",
                    "--crop", "64", "64", "--scale", "1", "1", "--lr", "0.02",
-                   "--no-pretrained", "--out", str(root / "run"), "--val-every", "6",
+                   "--no-pretrained", "--backbone", "tiny", "--out", str(root / "run"),
+                   "--val-every", "6",
                    "--val-images", "0", "--device", "cpu"])
     assert status == 0
     return root / "run" / "last.pt", root / "data"
@@ -194,6 +195,7 @@ def test_predict_skip_existing_resumes_a_job(trained, tmp_path, capsys):
     assert again[f"{images[0].stem}.png"] == first[f"{images[0].stem}.png"]  # not rewritten
 
 
+@pytest.mark.slow
 @pytest.mark.slow
 def test_torchrun_two_processes_predict_each_file_once(trained, tmp_path):
     src = tmp_path / "src"

@@ -34,7 +34,8 @@ def data_dir(tmp_path_factory):
 
 def _train(data_dir, out, *extra):
     return ["train", "--dataset", "shapes", "--data-dir", str(data_dir), *DATA,
-            "--no-pretrained", "--epochs", "1", "--batch-size", "4", "--crop", "32", "32",
+            "--no-pretrained", "--backbone", "tiny", "--epochs", "1", "--batch-size", "4",
+            "--crop", "32", "32",
             "--device", "cpu", "--precision", "fp32", "--val-images", "0", "--out", str(out),
             *extra]
 
@@ -66,6 +67,7 @@ def test_a_second_process_is_refused_with_the_holders_pid(data_dir, tmp_path, ca
     assert not (out / "last.pt").exists() and not (out / "config.toml").exists()
 
 
+@pytest.mark.slow
 def test_a_killed_holders_lock_is_taken_over(tmp_path):
     out = tmp_path / "killed"
     code = (f"from fcnseg.engine.rundir import run_folder_lock\nimport time\n"
@@ -120,6 +122,7 @@ def test_a_bad_validation_mask_fails_before_training(tmp_path, capsys):
     (root / "classes.json").write_text(json.dumps({"classes": classes}))
     out = tmp_path / "run"
     status = main(["train", "--dataset", "folder", "--data-dir", str(root), "--no-pretrained",
+    "--backbone", "tiny",
                    "--epochs", "1", "--batch-size", "2", "--crop", "32", "32", "--device",
                    "cpu", "--out", str(out)])
     err = capsys.readouterr().err
@@ -155,6 +158,7 @@ sys.exit(main(sys.argv[2:]))
 """
 
 
+@pytest.mark.slow
 def test_ctrl_c_during_a_checkpoint_write_exits_130_with_the_checkpoint_intact(data_dir,
                                                                               tmp_path):
     out = tmp_path / "int"
@@ -180,6 +184,7 @@ def test_ctrl_c_during_a_checkpoint_write_exits_130_with_the_checkpoint_intact(d
     assert _sha(out / "last.pt") == good or ck["progress"]["step"] == 3
 
 
+@pytest.mark.slow
 def test_sigterm_during_a_deferred_write_ends_the_process_after_it(tmp_path):
     code = ("import os, signal, sys\nfrom fcnseg.fileio import atomic_write, deferred_interrupts\n"
             "with deferred_interrupts():\n"

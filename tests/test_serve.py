@@ -18,13 +18,11 @@ import urllib.request
 
 import numpy as np
 import pytest
-import torch
 from PIL import Image
 
-from fcnseg import Predictor, __version__, build_model
+from conftest import make_checkpoint
+from fcnseg import Predictor
 from fcnseg.cli import main
-from fcnseg.data import DatasetMeta
-from fcnseg.engine.checkpoint import save_checkpoint
 
 pytest.importorskip("fastapi")
 pytest.importorskip("httpx2")
@@ -38,14 +36,8 @@ PALETTE = [(0, 0, 0), (200, 30, 30), (30, 200, 30)]
 
 @pytest.fixture(scope="module")
 def ckpt(tmp_path_factory):
-    torch.manual_seed(0)
-    model = build_model("fcn8s", 3, backbone="resnet18")
-    meta = DatasetMeta("toy", NAMES, PALETTE)
-    path = tmp_path_factory.mktemp("serve") / "best.pt"
-    return save_checkpoint(path, {"model": model.state_dict(), "meta": meta.to_dict(),
-                                  "fcnseg_version": __version__,
-                                  "model_args": {"name": "fcn8s", "num_classes": 3,
-                                                 "backbone": "resnet18"}})
+    return make_checkpoint(tmp_path_factory.mktemp("serve") / "best.pt", NAMES, PALETTE,
+                           model="fcn8s")
 
 
 @pytest.fixture(scope="module")

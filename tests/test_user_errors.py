@@ -7,22 +7,13 @@ import pytest
 import torch
 from PIL import Image
 
-from fcnseg import __version__, build_model
 from fcnseg.cli import main
-from fcnseg.data import DatasetMeta
 from fcnseg.engine.checkpoint import save_checkpoint
 
 
 @pytest.fixture(scope="module")
-def ckpt(tmp_path_factory):
-    torch.manual_seed(0)
-    model = build_model("fcn32s", 2, backbone="resnet18")
-    meta = DatasetMeta("toy", ["background", "thing"], [(0, 0, 0), (200, 30, 30)])
-    path = tmp_path_factory.mktemp("ckpt") / "best.pt"
-    return save_checkpoint(path, {"model": model.state_dict(), "meta": meta.to_dict(),
-                                  "fcnseg_version": __version__,
-                                  "model_args": {"name": "fcn32s", "num_classes": 2,
-                                                 "backbone": "resnet18"}})
+def ckpt(toy_checkpoint):
+    return toy_checkpoint
 
 
 def _one_line_error(capsys, *needles):

@@ -8,6 +8,7 @@ import torch
 from PIL import Image
 
 from fcnseg.data import DatasetMeta
+from fcnseg.data.io import write_mask
 from fcnseg.errors import FcnsegError
 from fcnseg.viz import (
     IGNORE_COLOR,
@@ -19,7 +20,6 @@ from fcnseg.viz import (
     plot_training_curves,
     prediction_grid,
     save_image,
-    save_palette_png,
 )
 
 PALETTE = [(0, 0, 0), (255, 0, 0), (0, 255, 0)]
@@ -58,7 +58,7 @@ def test_palette_png_reads_back_as_indices(tmp_path):
     rng = np.random.default_rng(0)
     mask = rng.integers(0, 3, size=(37, 53))
     mask[0, :5] = 255
-    path = save_palette_png(mask, PALETTE, tmp_path / "m.png")
+    path = write_mask(tmp_path / "m.png", mask, PALETTE)
     with Image.open(path) as img:
         assert img.mode == "P" and img.size == (53, 37)
         assert np.array_equal(np.asarray(img), mask)
@@ -119,7 +119,7 @@ def test_unwritable_folder_is_a_clear_error(tmp_path):
     blocker.write_text("not a folder")
     # a folder under a regular file cannot be created, even by root
     with pytest.raises(FcnsegError, match="a_file"):
-        save_palette_png(np.zeros((2, 2), dtype=int), PALETTE, blocker / "sub" / "m.png")
+        write_mask(blocker / "sub" / "m.png", np.zeros((2, 2), dtype=int), PALETTE)
     with pytest.raises(FcnsegError, match="a_file"):
         save_image(np.zeros((2, 2, 3), dtype=np.uint8), blocker / "x.png")
 

@@ -8,6 +8,7 @@ accumulate one ``C x C`` matrix over every labelled pixel and derive all figures
 from __future__ import annotations
 
 import math
+from typing import Any
 
 import torch
 
@@ -62,20 +63,6 @@ class ConfusionMatrix:
             raise ValueError(f"cannot merge {other.num_classes} classes into {self.num_classes}")
         self.mat += other.mat.to(self.mat.device)
 
-    def all_reduce(self) -> None:
-        """Sum the matrices of all ranks when ``torch.distributed`` is initialised."""
-        import torch.distributed as dist
-
-        if not (dist.is_available() and dist.is_initialized()):
-            return
-        # NCCL only reduces CUDA tensors; gloo reduces CPU ones.
-        device = torch.device("cpu")
-        if dist.get_backend() == "nccl":
-            device = torch.device("cuda", torch.cuda.current_device())
-        mat = self.mat.to(device)
-        dist.all_reduce(mat, op=dist.ReduceOp.SUM)
-        self.mat = mat.cpu()
-
     def compute(self) -> dict:
         """Return the figures as plain Python numbers (NaN where undefined).
 
@@ -124,3 +111,37 @@ def _nanmean(values: torch.Tensor) -> torch.Tensor:
 def _item(value: torch.Tensor) -> float:
     v = float(value)
     return math.nan if math.isnan(v) else v
+
+
+def metrics_report(result: dict, class_names: list[str], **info: Any) -> dict[str, Any]:
+    """A JSON-ready dict: summary figures, per-class IoU/accuracy by name (NaN -> None)."""
+    report: dict[str, Any] = {k: _clean(result[k]) for k in
+                              ("pixel_accuracy", "mean_accuracy", "miou", "fwiou")}
+    report["per_class_iou"] = {n: _clean(v) for n, v in zip(class_names, result["per_class_iou"],
+                                                         strict=True)}
+    report["per_class_accuracy"] = {n: _clean(v) for n, v in
+                                    zip(class_names, result["per_class_accuracy"], strict=True)}
+    report.update(info)
+    return report
+
+
+def format_table(report: dict[str, Any]) -> str:
+    """Per-class IoU and accuracy, then the summary figures; '-' marks an absent class."""
+    def f(v: float | None) -> str:
+        return "     -" if v is None else f"{v:6.4f}"
+
+    names = list(report["per_class_iou"])
+    width = max([len(n) for n in names] + [22])
+    lines = [f"{'class':<{width}}  {'IoU':>6}  {'acc':>6}"]
+    for n in names:
+        lines.append(f"{n:<{width}}  {f(report['per_class_iou'][n])}  "
+                     f"{f(report['per_class_accuracy'][n])}")
+    lines.append("-" * (width + 16))
+    for key, label in (("pixel_accuracy", "pixel accuracy"), ("mean_accuracy", "mean accuracy"),
+                       ("miou", "mean IoU"), ("fwiou", "frequency-weighted IoU")):
+        lines.append(f"{label:<{width}}  {f(report[key])}")
+    return "\n".join(lines)
+
+
+def _clean(v: float | None) -> float | None:
+    return None if v is None or math.isnan(v) else float(v)

@@ -19,6 +19,7 @@ import numpy as np
 import torch
 from PIL import Image
 
+from .data.io import PNG_LEVEL
 from .fileio import atomic_write
 
 IGNORE_COLOR = (224, 224, 192)  # VOC's colour for the 255 "void / boundary" label
@@ -72,43 +73,6 @@ def denormalize(image: torch.Tensor, mean: Sequence[float], std: Sequence[float]
     t = image.detach().float().cpu()
     t = t * torch.tensor(std).view(3, 1, 1) + torch.tensor(mean).view(3, 1, 1)
     return (t.clamp(0, 1) * 255).round().byte().permute(1, 2, 0).numpy()
-
-
-def png_palette(palette: Palette) -> list[int]:
-    """A flat 768-entry palette: the class colours, then VOC's colour map for the rest.
-
-    So index 255 (ignore) is VOC's (224, 224, 192) and a VOC model's PNGs match the
-    devkit's SegmentationClass files colour for colour.
-    """
-    from .data.meta import voc_colormap
-
-    colours = [tuple(c) for c in palette][:256] + voc_colormap(256)[len(palette):]
-    return [int(v) for c in colours for v in c]
-
-
-# zlib level 1 for masks and overlays: PIL's default (6) spent ~90 ms of a 360 x 480
-# prediction's ~200 ms writing its two PNGs, level 1 ~23 ms, for files a few % larger
-# (benchmarks/RESULTS.md, session 7).
-PNG_LEVEL = 1
-
-
-def palette_image(mask: Any, palette: Palette) -> Image.Image:
-    """A mode "P" image whose pixel values are the class indices (VOC-compatible)."""
-    m = _np(mask)
-    if m.ndim != 2:
-        raise ValueError(f"mask must be H x W, got shape {m.shape}")
-    if m.size and (m.min() < 0 or m.max() > 255):
-        raise ValueError("a palette PNG holds labels in [0, 255] only")
-    u8 = np.ascontiguousarray(m, dtype=np.uint8)
-    img = Image.frombytes("P", (u8.shape[1], u8.shape[0]), u8.tobytes())
-    img.putpalette(png_palette(palette))
-    return img
-
-
-def save_palette_png(mask: Any, palette: Palette, path: str | Path) -> Path:
-    """Write the :func:`palette_image` of ``mask`` as a PNG, atomically."""
-    img = palette_image(mask, palette)
-    return atomic_write(path, lambda f: img.save(f, format="PNG", compress_level=PNG_LEVEL))
 
 
 def png_bytes(image: Image.Image | np.ndarray) -> bytes:

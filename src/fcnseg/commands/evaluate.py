@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import argparse
-import math
 import sys
 from typing import Any
 
@@ -73,39 +72,6 @@ def data_source(args: argparse.Namespace, config: dict) -> tuple[str, dict[str, 
     return str(root), options
 
 
-def metrics_report(result: dict, class_names: list[str], **info: Any) -> dict[str, Any]:
-    """A JSON-ready dict: summary figures, per-class IoU/accuracy by name (NaN -> None)."""
-    def clean(v: float) -> float | None:
-        return None if v is None or math.isnan(v) else float(v)
-
-    report: dict[str, Any] = {k: clean(result[k]) for k in
-                              ("pixel_accuracy", "mean_accuracy", "miou", "fwiou")}
-    report["per_class_iou"] = {n: clean(v) for n, v in zip(class_names, result["per_class_iou"],
-                                                         strict=True)}
-    report["per_class_accuracy"] = {n: clean(v) for n, v in
-                                    zip(class_names, result["per_class_accuracy"], strict=True)}
-    report.update(info)
-    return report
-
-
-def format_table(report: dict[str, Any]) -> str:
-    """Per-class IoU and accuracy, then the summary figures; '-' marks an absent class."""
-    def f(v: float | None) -> str:
-        return "     -" if v is None else f"{v:6.4f}"
-
-    names = list(report["per_class_iou"])
-    width = max([len(n) for n in names] + [22])
-    lines = [f"{'class':<{width}}  {'IoU':>6}  {'acc':>6}"]
-    for n in names:
-        lines.append(f"{n:<{width}}  {f(report['per_class_iou'][n])}  "
-                     f"{f(report['per_class_accuracy'][n])}")
-    lines.append("-" * (width + 16))
-    for key, label in (("pixel_accuracy", "pixel accuracy"), ("mean_accuracy", "mean accuracy"),
-                       ("miou", "mean IoU"), ("fwiou", "frequency-weighted IoU")):
-        lines.append(f"{label:<{width}}  {f(report[key])}")
-    return "\n".join(lines)
-
-
 def run(args: argparse.Namespace) -> int:
     import json
 
@@ -113,6 +79,7 @@ def run(args: argparse.Namespace) -> int:
     from ..engine.evaluate import evaluate
     from ..errors import FcnsegError
     from ..fileio import atomic_write, check_output_file
+    from ..metrics import format_table, metrics_report
     from ..viz import confusion_matrix_figure
 
     if args.limit is not None and args.limit < 1:

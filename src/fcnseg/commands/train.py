@@ -7,7 +7,6 @@ the recipe and the ``--config`` file (see fcnseg.engine.config for the precedenc
 from __future__ import annotations
 
 import argparse
-from pathlib import Path
 from typing import Any
 
 from ..engine.config import CHOICES
@@ -66,6 +65,9 @@ def add_parser(subparsers: Any, help_text: str) -> None:
     o.add_argument("--boundary-weight", type=float,
                    help="extra cross-entropy weight of pixels within 2 px of a label boundary "
                         "(fcnseg recipe: 4, d2l: 0)")
+    o.add_argument("--ema", type=float, metavar="DECAY",
+                   help="validate and save an exponential moving average of the weights "
+                        "with this decay (default 0.99; 0: the last weights)")
     o.add_argument("--max-steps", type=int, help="stop after N optimizer steps (0: no limit)")
     o.add_argument("--time-budget", type=_duration, metavar="DURATION",
                    help="e.g. 90s, 60m, 1.5h: time the step here and set --epochs (and the lr "
@@ -109,22 +111,8 @@ def _overrides(args: argparse.Namespace) -> dict[str, Any]:
 
 
 def run(args: argparse.Namespace) -> int:
-    from ..engine.checkpoint import load_checkpoint
-    from ..engine.config import TrainConfig, resolve_config
-    from ..engine.train import fit
+    from ..engine.train import train
 
-    overrides = _overrides(args)
-    if args.resume is None:
-        fit(resolve_config(overrides, args.config, recipe=args.recipe),
-            overwrite=bool(args.overwrite))
-        return 0
-    if args.resume == "last":  # bare --resume: RUN_DIR/last.pt
-        path = Path(overrides.get("out") or TrainConfig().out) / "last.pt"
-    else:
-        path = Path(args.resume)
-        overrides.setdefault("out", str(path.parent))
-    # The saved config is the base (same seed, data, schedule); typed flags still override,
-    # e.g. --epochs to extend a finished run.
-    saved = load_checkpoint(path, resume=True)["config"]
-    fit(resolve_config(overrides, args.config, base=saved), resume=path)
+    train(_overrides(args), args.config, recipe=args.recipe, resume=args.resume,
+          overwrite=bool(args.overwrite))
     return 0

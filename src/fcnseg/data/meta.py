@@ -85,10 +85,3 @@ class DatasetMeta:
             std=tuple(d.get("std", IMAGENET_STD)),
             extra=dict(d.get("extra", {})),
         )
-
-    def full_palette(self) -> list[tuple[int, int, int]]:
-        """256 colours for a palette PNG: the class colours, then black; ignore is white."""
-        pal = list(self.palette[: self.num_classes]) + [(0, 0, 0)] * (256 - self.num_classes)
-        if 0 <= self.ignore_index < 256:
-            pal[self.ignore_index] = (255, 255, 255)
-        return pal

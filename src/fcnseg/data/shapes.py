@@ -205,7 +205,7 @@ def _write(out: Path, params: dict) -> None:
         img, mask, _ = render_sample(rng, n)
         name = f"{split}_{i:05d}"
         Image.fromarray(img).save(out / "JPEGImages" / f"{name}.png", compress_level=1)
-        write_mask(out / "SegmentationClass" / f"{name}.png", mask, meta.full_palette())
+        write_mask(out / "SegmentationClass" / f"{name}.png", mask, meta.palette)
 
     # numpy and zlib release the GIL for much of the work: threads use both cores.
     with ThreadPoolExecutor(max_workers=min(4, os.cpu_count() or 1)) as pool:

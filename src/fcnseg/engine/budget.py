@@ -22,6 +22,9 @@ import torch
 from ..device import autocast
 from ..errors import FcnsegError
 from ..fileio import atomic_write_text
+from ..viz import plot_training_curves
+from .checkpoint import save_checkpoint
+from .distributed import all_reduce_sum
 
 UNITS = {"s": 1.0, "m": 60.0, "min": 60.0, "h": 3600.0}
 # Share of the budget left for what the plan cannot time: data loading stalls, checkpoint
@@ -96,8 +99,6 @@ def plan_run(config: Any, model: torch.nn.Module, loss_fn: Callable, train_ds: A
              dtype: torch.dtype, elapsed_s: float, info: Any, run_dir: Path) -> dict[str, Any]:
     """Time this run's step (on real training crops, their loading included), validation,
     checkpoint writes and logs here, and plan its epochs; rank 0's plan is broadcast."""
-    from .distributed import all_reduce_sum
-
     fmt = torch.channels_last if config.channels_last else torch.contiguous_format
     start = time.perf_counter()
     items = [train_ds[(0, i)] for i in range(min(batch, len(train_ds)))]  # (epoch, index)
@@ -122,12 +123,10 @@ def plan_run(config: Any, model: torch.nn.Module, loss_fn: Callable, train_ds: A
 def _epoch_overhead(model: torch.nn.Module, run_dir: Path, config: Any) -> float:
     """Seconds an epoch spends outside its steps: last.pt written (again after a
     validation, and best.pt when it improves) and the curves figure, timed in the run folder."""
-    from ..viz import plot_training_curves
-    from .checkpoint import save_checkpoint
-
     # A checkpoint is the weights plus the optimizer's per-weight state: AdamW keeps two
     # moments of every weight, SGD with momentum one. The probe has the same size.
     moments = 2 if config.optimizer == "adamw" else int(config.momentum > 0)
+    moments += 1 if config.ema else 0  # the weight average is saved beside the weights
     weights = [p.detach() for p in model.parameters()]
     probe_state = {"model": model.state_dict(),
                    "optimizer": [w.clone() for _ in range(moments) for w in weights]}

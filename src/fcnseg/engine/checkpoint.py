@@ -14,8 +14,11 @@ from typing import Any
 import numpy as np
 import torch
 
+from .. import __version__
+from ..data import DatasetMeta
 from ..errors import CheckpointError
 from ..fileio import atomic_write, deferred_interrupts
+from ..models import build_model
 
 # Keys every fcnseg checkpoint has; used to tell our files from any other ``.pt`` file.
 REQUIRED_KEYS = ("model", "model_args", "meta", "fcnseg_version")
@@ -25,6 +28,13 @@ SCHEMA: dict[str, type | tuple[type, ...]] = {"model": dict, "model_args": dict,
 RESUME_SCHEMA: dict[str, type | tuple[type, ...]] = {
     "config": dict, "optimizer": dict, "scheduler": dict, "scaler": dict, "epoch": int,
     "iteration": int, "rng": dict, "best_miou": (int, float), "history": list}
+
+
+def model_entries(model: torch.nn.Module, meta: Any, model_args: dict[str, Any]) -> dict[str, Any]:
+    """What every checkpoint holds, and all that predicting needs: the weights, the
+    ``build_model`` arguments and the data set's meta (classes, palette, normalisation)."""
+    return {"model": model.state_dict(), "model_args": dict(model_args),
+            "meta": meta.to_dict(), "fcnseg_version": __version__}
 
 
 def save_checkpoint(path: str | Path, state: dict[str, Any]) -> Path:
@@ -119,9 +129,6 @@ def model_from_checkpoint(
     The model is built with ``pretrained=False`` and no backbone weights file: every weight
     comes from the checkpoint, so evaluating or predicting needs this one file only.
     """
-    from ..data import DatasetMeta
-    from ..models import build_model
-
     checkpoint = load_checkpoint(path)
     args = dict(checkpoint["model_args"])
     args.update(pretrained=False, backbone_weights=None)

@@ -85,10 +85,20 @@ def barrier(info: DistInfo) -> None:
         dist.barrier()
 
 
-def all_reduce_sum(tensor: torch.Tensor, info: DistInfo) -> torch.Tensor:
-    """Sum ``tensor`` over ranks in place and return it (unchanged for a world of one)."""
-    if info.enabled:
-        dist.all_reduce(tensor, op=dist.ReduceOp.SUM)
+def all_reduce_sum(tensor: torch.Tensor, info: DistInfo | None = None) -> torch.Tensor:
+    """Sum ``tensor`` over ranks in place and return it (unchanged for a world of one).
+
+    Without ``info``, over whatever process group this process has joined. NCCL reduces
+    CUDA tensors only: a CPU tensor travels through this rank's GPU.
+    """
+    joined = info.enabled if info is not None else dist.is_available() and dist.is_initialized()
+    if not joined:
+        return tensor
+    if dist.get_backend() == "nccl" and tensor.device.type == "cpu":
+        on_gpu = tensor.to(torch.device("cuda", torch.cuda.current_device()))
+        dist.all_reduce(on_gpu, op=dist.ReduceOp.SUM)
+        return tensor.copy_(on_gpu.cpu())
+    dist.all_reduce(tensor, op=dist.ReduceOp.SUM)
     return tensor
 
 

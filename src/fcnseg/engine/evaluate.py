@@ -15,9 +15,11 @@ import numpy as np
 import torch
 from torch.utils.data import DataLoader, Dataset
 
+from ..fileio import ensure_writable_dir
 from ..inference import Predictor
 from ..metrics import ConfusionMatrix
-from .distributed import rank_and_world
+from ..viz import colorize, save_image
+from .distributed import all_reduce_sum, rank_and_world
 
 
 class _RawImages(Dataset):
@@ -61,8 +63,6 @@ def evaluate(predictor: Predictor, dataset: Any, batch_size: int = 1, progress: 
     saved = 0
     save_dir = None
     if save_predictions is not None and rank == 0:
-        from ..fileio import ensure_writable_dir
-
         save_dir = ensure_writable_dir(save_predictions)  # fail before the work, not after
     batches: Any = loader
     if progress and rank == 0:
@@ -79,15 +79,13 @@ def evaluate(predictor: Predictor, dataset: Any, batch_size: int = 1, progress: 
                 _save_strip(save_dir, dataset, indices[position], image, target, pred, meta)
                 saved += 1
             position += 1
-    cm.all_reduce()
+    all_reduce_sum(cm.mat)  # every rank scored its share of the images
     return cm
 
 
 def _save_strip(folder: Path, dataset: Any, index: int, image: np.ndarray,
                 target: np.ndarray, pred: torch.Tensor, meta: Any) -> None:
     """Image, ground truth and prediction side by side (pytorch-fcn's validation pictures)."""
-    from ..viz import colorize, save_image
-
     files = getattr(dataset, "files", None)
     stem = Path(files[index][0]).stem if files else "image"
     gap = np.full((image.shape[0], 4, 3), 255, dtype=np.uint8)

@@ -26,6 +26,10 @@ import numpy as np
 import torch
 from torch.utils.data import Dataset, DistributedSampler
 
+from ..data import build_dataset
+from ..data.transforms import train_transform
+from ..errors import DataError
+
 
 def sample_seed(seed: int, epoch: int, index: int) -> int:
     """A well-mixed 32-bit seed for one sample of one epoch."""
@@ -128,10 +132,6 @@ def build_train_val_data(config: Any) -> tuple[Any, AugmentedDataset, Any]:
 
     Empty splits are a :class:`DataError` naming the split and the flag to change.
     """
-    from ..data import build_dataset
-    from ..data.transforms import train_transform
-    from ..errors import DataError
-
     base = build_dataset(config.dataset, config.data_dir, config.split, **config.data_options)
     meta = base.meta
     n = len(base) if not config.limit_train else min(len(base), config.limit_train)

@@ -4,11 +4,11 @@ from .functional import (
     DEFAULT_TILE,
     MODES,
     InferenceOptions,
-    predict_logits,
     predict_mask,
+    predict_probabilities,
 )
 from .predictor import Predictor
 from .runtimes import RUNTIMES
 
 __all__ = ["DEFAULT_TILE", "MODES", "RUNTIMES", "InferenceOptions", "Predictor",
-           "predict_logits", "predict_mask"]
+           "predict_probabilities", "predict_mask"]

@@ -20,8 +20,10 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from ..data.io import IMAGE_EXTENSIONS, read_image
+from ..data.io import IMAGE_EXTENSIONS, read_image, write_mask
 from ..errors import FcnsegError
+from ..fileio import atomic_write
+from ..viz import overlay, save_image
 from .predictor import Predictor
 
 
@@ -154,12 +156,9 @@ def _read(path: Path) -> Outcome:
 
 def _write(predictor: Predictor, o: Outcome, out: Path, names: dict[str, str], alpha: float,
            probs: np.ndarray | None) -> None:
-    from ..fileio import atomic_write
-    from ..viz import overlay, save_image, save_palette_png
-
     meta = predictor.meta
     assert o.image is not None and o.mask is not None
-    save_palette_png(o.mask, meta.palette, out / names["mask"])
+    write_mask(out / names["mask"], o.mask, meta.palette)
     if "overlay" in names:
         save_image(overlay(o.image, o.mask, meta.palette, alpha, meta.ignore_index),
                    out / names["overlay"])

@@ -29,10 +29,15 @@ import torch
 from torch import nn
 
 from .. import __version__
+from ..data import build_dataset
+from ..data.io import read_image
 from ..data.meta import DatasetMeta
 from ..data.transforms import Normalize
+from ..engine.checkpoint import model_from_checkpoint
 from ..errors import FcnsegError
 from ..fileio import atomic_write, check_output_file
+from ..models.fusion import fold_batchnorm
+from .batch import collect_inputs
 from .runtimes import ARGS_KEY, CONFIG_KEY, META_KEY, PRECISION_KEY, OnnxRuntime, require
 
 OPSET = 17
@@ -75,9 +80,6 @@ def export_onnx(checkpoint: str | Path, out: str | Path, *, int8: bool = False,
     ``calibration`` is a folder of images for int8 calibration (default: the checkpoint's
     training split); ``calibration_size`` images of it are used.
     """
-    from ..engine.checkpoint import model_from_checkpoint
-    from ..models.fusion import fold_batchnorm
-
     onnx = require("onnx")
     out = Path(out)
     if out.suffix.lower() != ".onnx":
@@ -193,10 +195,6 @@ def _check_batch(images: list[np.ndarray], h: int, w: int, seed: int) -> torch.T
 def _calibration_images(config: dict[str, Any], folder: str | Path | None,
                         count: int) -> list[np.ndarray]:
     """``count`` images spread over ``folder`` or the checkpoint's training split."""
-    from ..data import build_dataset
-    from ..data.io import read_image
-    from .batch import collect_inputs
-
     if folder is not None:
         files, _ = collect_inputs([str(folder)])
         if not files:

@@ -190,11 +190,11 @@ def _model_device(model: torch.nn.Module) -> torch.device:
     return torch.device("cpu")
 
 
-def predict_logits(model: torch.nn.Module, images: torch.Tensor | Sequence[torch.Tensor],
-                   mode: str = "pad", tile: Sequence[int] = DEFAULT_TILE,
-                   stride: Sequence[int] | None = None, tile_batch: int = 4,
-                   flip: bool = False, scales: Sequence[float] = (1.0,),
-                   dtype: torch.dtype = torch.float32) -> torch.Tensor | list[torch.Tensor]:
+def predict_probabilities(
+    model: torch.nn.Module, images: torch.Tensor | Sequence[torch.Tensor], mode: str = "pad",
+    tile: Sequence[int] = DEFAULT_TILE, stride: Sequence[int] | None = None, tile_batch: int = 4,
+    flip: bool = False, scales: Sequence[float] = (1.0,), dtype: torch.dtype = torch.float32,
+) -> torch.Tensor | list[torch.Tensor]:
     """Class scores of whole *normalised* images: softmax probabilities, fp32, each image's size.
 
     The functional form of :class:`fcnseg.Predictor` for a PyTorch model. ``images`` is a
@@ -224,9 +224,9 @@ def predict_mask(model: torch.nn.Module, images: torch.Tensor | Sequence[torch.T
                  **options) -> torch.Tensor | list[torch.Tensor]:
     """Class indices (int64) of whole images: ``N x H x W``, or a list of ``H x W``.
 
-    Takes the same options as :func:`predict_logits`.
+    Takes the same options as :func:`predict_probabilities`.
     """
-    probs = predict_logits(model, images, **options)
+    probs = predict_probabilities(model, images, **options)
     if isinstance(probs, torch.Tensor):
         return probs.argmax(1)
     return [p.argmax(0) for p in probs]

@@ -23,8 +23,9 @@ from ..data.meta import DatasetMeta
 from ..data.transforms import Normalize
 from ..device import PRECISIONS as DEVICE_PRECISIONS
 from ..device import cpu_has_fast_bf16, resolve_precision, select_device
-from ..engine.checkpoint import first_line
+from ..engine.checkpoint import first_line, model_from_checkpoint
 from ..errors import CheckpointError, FcnsegError, UnknownNameError
+from ..models.fusion import fold_batchnorm
 from .functional import model_forward
 
 RUNTIMES = ("torch", "onnxruntime", "openvino")
@@ -120,9 +121,6 @@ def load_runtime(path: str | Path, runtime: str = "auto", device: str = "auto",
     ``info`` has the model's ``model_args`` and training ``config`` (what evaluate needs to
     find the data). ``reason`` says in words which runtime and precision run, and why.
     """
-    from ..engine.checkpoint import model_from_checkpoint
-    from ..models.fusion import fold_batchnorm
-
     path = Path(path)
     if path.is_dir():
         raise CheckpointError(f"{path} is a folder: give a checkpoint file in it, e.g. "

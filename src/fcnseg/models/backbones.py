@@ -16,6 +16,7 @@ with no warning.
 from __future__ import annotations
 
 import os
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -23,6 +24,7 @@ import torch
 from torch import Tensor, nn
 from torchvision import models as tvm
 from torchvision.models._utils import IntermediateLayerGetter
+from torchvision.models.resnet import BasicBlock
 
 from ..errors import UnknownNameError, WeightsError
 
@@ -32,11 +34,29 @@ TAPS = {"layer2": "s8", "layer3": "s16", "layer4": "s32"}
 
 @dataclass(frozen=True)
 class BackboneSpec:
-    """How to build one backbone: torchvision builder, weights enum and tap channels."""
+    """How to build one backbone: a ResNet builder, its weights enum and tap channels."""
 
-    builder: str  # torchvision.models function name
-    weights: str  # torchvision.models weights enum name
+    builder: str | Callable[..., nn.Module]  # a torchvision.models function (or its name)
+    weights: str | None  # torchvision.models weights enum name (None: no ImageNet weights)
     channels: dict[str, int]  # tap name ("s8", "s16", "s32") -> channels
+
+
+def tiny_resnet(weights: None = None, widths: tuple[int, ...] = (8, 16, 32, 64)) -> nn.Module:
+    """A ResNet with one BasicBlock per stage and widths 8-64: ~0.2 MB of weights, the same
+    module names and strides as torchvision's, for tests and quick experiments."""
+    net = nn.Module()
+    net.conv1 = nn.Conv2d(3, widths[0], 7, stride=2, padding=3, bias=False)
+    net.bn1 = nn.BatchNorm2d(widths[0])
+    net.relu = nn.ReLU(inplace=True)
+    net.maxpool = nn.MaxPool2d(3, stride=2, padding=1)
+    inplanes = widths[0]
+    for i, width in enumerate(widths):
+        stride = 1 if i == 0 else 2
+        down = None if stride == 1 and inplanes == width else nn.Sequential(
+            nn.Conv2d(inplanes, width, 1, stride=stride, bias=False), nn.BatchNorm2d(width))
+        setattr(net, f"layer{i + 1}", nn.Sequential(BasicBlock(inplanes, width, stride, down)))
+        inplanes = width
+    return net
 
 
 _BASIC = {"s8": 128, "s16": 256, "s32": 512}  # BasicBlock ResNets
@@ -47,6 +67,7 @@ BACKBONES: dict[str, BackboneSpec] = {
     "resnet34": BackboneSpec("resnet34", "ResNet34_Weights", _BASIC),
     "resnet50": BackboneSpec("resnet50", "ResNet50_Weights", _BOTTLENECK),
     "resnet101": BackboneSpec("resnet101", "ResNet101_Weights", _BOTTLENECK),
+    "tiny": BackboneSpec(tiny_resnet, None, {"s8": 16, "s16": 32, "s32": 64}),
 }
 
 
@@ -59,7 +80,11 @@ def get_spec(name: str) -> BackboneSpec:
 
 def hub_cache_path(name: str) -> tuple[str, Path]:
     """``(url, cached file)`` of the ImageNet weights of backbone ``name`` in the hub cache."""
-    weights = getattr(tvm, get_spec(name).weights).IMAGENET1K_V1
+    spec = get_spec(name)
+    if spec.weights is None:
+        raise WeightsError(f"backbone {name} has no ImageNet weights: train it with "
+                           "--no-pretrained, or choose a resnet backbone")
+    weights = getattr(tvm, spec.weights).IMAGENET1K_V1
     filename = os.path.basename(weights.url)
     return weights.url, Path(torch.hub.get_dir()) / "checkpoints" / filename
 
@@ -68,7 +93,7 @@ def _imagenet_state_dict(name: str) -> dict[str, Tensor]:
     """ImageNet weights through torchvision's weights API, or a WeightsError saying how to
     put the file in place by hand (for machines without internet)."""
     url, cached = hub_cache_path(name)
-    weights = getattr(tvm, get_spec(name).weights).IMAGENET1K_V1
+    weights = getattr(tvm, get_spec(name).weights).IMAGENET1K_V1  # hub_cache_path checked it
     was_cached = cached.is_file()
     try:
         # check_hash: a truncated or tampered download fails instead of loading garbage;
@@ -153,7 +178,8 @@ def build_backbone(
     over ``pretrained`` (the hub cache / download); with neither the backbone is random.
     """
     spec = get_spec(name)
-    resnet = getattr(tvm, spec.builder)(weights=None)
+    builder = getattr(tvm, spec.builder) if isinstance(spec.builder, str) else spec.builder
+    resnet = builder(weights=None)
     body = IntermediateLayerGetter(resnet, return_layers=dict(TAPS))
     if weights_path is not None:
         path = Path(weights_path).expanduser()

@@ -76,10 +76,6 @@ class FCN(nn.Module):
         # Kernel 2s, stride s, padding s/2: exactly s times larger.
         self.upsample = upsampler(num_classes, output_stride, upsample_init, learnable_upsample)
 
-    def backbone_features(self, x: Tensor) -> Tensor:
-        """The stride-32 feature map of ``x`` (no padding: H/32 x W/32 rounded up)."""
-        return self.backbone(x)["s32"]
-
     def forward(self, x: Tensor) -> dict[str, Tensor]:
         """Class scores ``{"out": N x num_classes x H x W}`` at the input's resolution."""
         height, width = x.shape[-2:]

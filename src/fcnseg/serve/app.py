@@ -27,10 +27,10 @@ from starlette.concurrency import run_in_threadpool
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from .. import __version__
-from ..data.io import ImageTooLargeError, NotAnImageError, read_image
+from ..data.io import ImageTooLargeError, NotAnImageError, mask_image, read_image
 from ..errors import FcnsegError
 from ..inference import MODES, Predictor
-from ..viz import overlay, palette_image, png_bytes
+from ..viz import overlay, png_bytes
 from .settings import ServeSettings
 
 STATIC = Path(__file__).parent / "static"
@@ -213,7 +213,7 @@ def render(predictor: Predictor, image: np.ndarray, labels: np.ndarray, output: 
     if output == "overlay":
         return Response(png_bytes(overlay(image, labels, meta.palette, alpha, meta.ignore_index)),
                         media_type="image/png")
-    mask_png = png_bytes(palette_image(labels, meta.palette))
+    mask_png = png_bytes(mask_image(labels, meta.palette))
     if output == "mask":
         return Response(mask_png, media_type="image/png")
     counts = np.bincount(labels.ravel(), minlength=meta.num_classes)

@@ -1,0 +1,46 @@
+"""Shared fixtures: synthetic data made once, the shared CamVid, checkpoints written by the
+library's own code, and the ``tiny`` backbone (kilobytes) wherever ResNet itself is not what
+a test is about."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+import torch
+
+from fcnseg import build_model
+from fcnseg.data import DatasetMeta, build_dataset
+from fcnseg.engine.checkpoint import model_entries, save_checkpoint
+
+CAMVID = Path(__file__).resolve().parents[2] / "shared" / "data" / "camvid"
+needs_camvid = pytest.mark.skipif(not (CAMVID / "val").is_dir(),
+                                  reason=f"the shared CamVid is not at {CAMVID}")
+
+SHAPES = {"size": 16, "image_size": 64, "val_size": 4}  # the synthetic set most tests use
+TOY_CLASSES = ["background", "thing"]
+TOY_PALETTE = [(0, 0, 0), (200, 30, 30)]
+TINY = "tiny"  # the test backbone (fcnseg.models.backbones.tiny_resnet)
+
+
+@pytest.fixture(scope="session")
+def shapes_dir(tmp_path_factory) -> Path:
+    """The synthetic ``shapes`` set of :data:`SHAPES`, generated once per test session."""
+    root = tmp_path_factory.mktemp("shapes") / "shapes"
+    build_dataset("shapes", root, "train", **SHAPES)
+    return root
+
+
+def make_checkpoint(path: Path, classes=TOY_CLASSES, palette=TOY_PALETTE, model="fcn32s",
+                    backbone=TINY, seed: int = 0) -> Path:
+    """An untrained model's checkpoint, written with the library's own entries and writer."""
+    torch.manual_seed(seed)
+    args = {"name": model, "num_classes": len(classes), "backbone": backbone}
+    net = build_model(**args)
+    return save_checkpoint(path, model_entries(net, DatasetMeta("toy", classes, palette), args))
+
+
+@pytest.fixture(scope="session")
+def toy_checkpoint(tmp_path_factory) -> Path:
+    """A two-class (background, thing) untrained FCN-32s checkpoint on the tiny backbone."""
+    return make_checkpoint(tmp_path_factory.mktemp("toy") / "best.pt")
