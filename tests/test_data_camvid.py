@@ -94,3 +94,5 @@ def test_holdout_splits_train_and_val_by_drive():
     assert len(seen) == 367 + 101  # the three folds validate on every frame once
     with pytest.raises(DataError, match="no CamVid drive 'Seq05VD'.*0001TP, 0006R0, 0016E5"):
         build_dataset("camvid", CAMVID, "val", holdout="Seq05VD")
+    everything = build_dataset("camvid", CAMVID, "trainval")  # the final model's data
+    assert {img.name for img, _ in everything.files} == seen

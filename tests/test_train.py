@@ -250,3 +250,27 @@ def test_sample_order_is_a_function_of_seed_and_epoch():
     ranks = [EpochBatchSampler(10, 2, seed=3, rank=r, world_size=2) for r in (0, 1)]
     seen = [i for r in ranks for b in r for _, i in b]
     assert sorted(seen) == sorted(set(seen)) and len(seen) == 8
+
+
+def test_weight_average_follows_the_weights_and_is_what_a_checkpoint_predicts_with(
+        data_dir, tmp_path):
+    from fcnseg.engine.run import WeightAverage
+
+    model = torch.nn.Sequential(torch.nn.Conv2d(1, 2, 1), torch.nn.BatchNorm2d(2))
+    average = WeightAverage(model, decay=0.9)
+    start = model[0].weight.detach().clone()
+    with torch.no_grad():
+        model[0].weight.add_(1.0)
+    model[1].num_batches_tracked.fill_(7)
+    average.update(model, step=100)  # decay min(0.9, 101 / 110) = 0.9
+    torch.testing.assert_close(average.module[0].weight, start + 0.1)
+    assert int(average.module[1].num_batches_tracked) == 7  # integers are copied
+    average.update(model, step=0)  # the first steps: decay 1/10, mostly the new weights
+    torch.testing.assert_close(average.module[0].weight, start + 0.1 + 0.9 * 0.9)
+    # In a run: `model` is the average, `trained_model` the optimizer's own weights.
+    fit(_config(data_dir, tmp_path / "avg", epochs=1, ema=0.5, val_images=0))
+    ck = load_checkpoint(tmp_path / "avg" / "last.pt")
+    assert any(not torch.equal(ck["model"][k], ck["trained_model"][k]) for k in ck["model"]
+               if ck["model"][k].is_floating_point())
+    fit(_config(data_dir, tmp_path / "none", epochs=1, ema=0.0, val_images=0))
+    assert "trained_model" not in load_checkpoint(tmp_path / "none" / "last.pt")

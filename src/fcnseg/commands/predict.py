@@ -72,6 +72,16 @@ def _truth(masks_dir: Path, stem: str, shape: tuple[int, int], meta: Any) -> Any
     return None
 
 
+def _write_grid(grid: list[tuple[Any, Any, Any]], meta: Any, path: str) -> None:
+    from ..viz import prediction_grid
+
+    truths = [t for _, _, t in grid]
+    if any(t is None for t in truths):
+        truths = None  # the truth row needs every image's mask
+    prediction_grid([g[0] for g in grid], [g[1] for g in grid], truths, meta=meta, path=path)
+    print(f"fcnseg: wrote {path}", file=sys.stderr)
+
+
 def run(args: argparse.Namespace) -> int:
     from tqdm import tqdm
 
@@ -79,7 +89,6 @@ def run(args: argparse.Namespace) -> int:
     from ..errors import FcnsegError
     from ..fileio import check_output_file, ensure_writable_dir
     from ..inference.batch import collect_inputs, predict_files
-    from ..viz import prediction_grid
 
     if not 0.0 <= args.alpha <= 1.0:
         raise FcnsegError(f"--alpha {args.alpha} must be between 0 and 1")
@@ -126,12 +135,7 @@ def run(args: argparse.Namespace) -> int:
                 grid.append((o.image, o.mask, truth))
     bar.close()
     if args.grid is not None and grid:
-        truths = [t for _, _, t in grid]
-        if any(t is None for t in truths):
-            truths = None  # the truth row needs every image's mask
-        prediction_grid([g[0] for g in grid], [g[1] for g in grid], truths,
-                        meta=predictor.meta, path=args.grid)
-        print(f"fcnseg: wrote {args.grid}", file=sys.stderr)
+        _write_grid(grid, predictor.meta, args.grid)
     rate = f"{counts['written'] / max(time.perf_counter() - start, 1e-9):.1f} img/s"
     print(f"fcnseg: {who}predicted {counts['written']}, skipped {counts['skipped']} existing, "
           f"{counts['failed']} failed ({rate})", file=sys.stderr)

@@ -9,7 +9,7 @@ from __future__ import annotations
 import argparse
 from typing import Any
 
-from ..engine.config import CHOICES
+from ..engine.config import CHOICES, DEFAULT_RECIPE, RECIPES
 
 _BOOL = argparse.BooleanOptionalAction
 
@@ -48,7 +48,8 @@ def add_parser(subparsers: Any, help_text: str) -> None:
     m.add_argument("--backbone-weights", metavar="PATH", help="backbone weights file")
     m.add_argument("--upsample-init", help=_one_of("upsample_init"))
     o = p.add_argument_group("optimisation")
-    o.add_argument("--recipe", help="d2l (the chapter's settings) or fcnseg (default)")
+    o.add_argument("--recipe", help=" or ".join(RECIPES) + " (d2l: the chapter's settings; "
+                                    f"default {DEFAULT_RECIPE})")
     o.add_argument("--config", metavar="FILE.toml", help="TOML file with any of these settings")
     o.add_argument("--epochs", type=int)
     o.add_argument("--batch-size", type=int,

@@ -7,6 +7,7 @@ SegNet's val images all come from drive ``0016E5``, which also gives most of tra
 measures neighbouring frames. ``holdout=DRIVE`` (``--data-option holdout=0006R0``) pools
 train and val and splits them by drive instead: "val" is every frame of ``DRIVE``, "train"
 every frame of the other drives (a file's drive is its name's prefix, e.g. ``0006R0_f02400``).
+Split ``trainval`` is train + val, to train the final model on every labelled frame.
 """
 
 from __future__ import annotations
@@ -49,7 +50,9 @@ def build_camvid(
     ``holdout`` names a drive to validate on (see the module docstring).
     """
     root = Path(root)
-    if holdout is None:
+    if holdout is None and split == "trainval":  # the final model: every labelled frame
+        files = [pair for s in ("train", "val") for pair in _split_files(root, s, download)]
+    elif holdout is None:
         files = _split_files(root, split, download)
     else:
         if split not in ("train", "val"):

@@ -68,7 +68,8 @@ def train(overrides: dict[str, Any], config_file: str | None = None, recipe: str
         path = Path(resume)
         overrides = {"out": str(path.parent), **overrides}
     checkpoint = load_checkpoint(path, resume=True)
-    config = resolve_config(overrides, config_file, base=checkpoint["config"])
+    saved = {"ema": 0.0, **checkpoint["config"]}  # runs from before --ema kept no average
+    config = resolve_config(overrides, config_file, base=saved)
     return fit(config, resume=path, checkpoint=checkpoint)
 
 
