@@ -38,10 +38,9 @@ from .voc import build_voc
 SHAPES_CLASSES = ["background", "disk", "square", "triangle", "ring"]
 SHAPES_PALETTE = [(0, 0, 0), (230, 25, 75), (60, 180, 75), (255, 225, 25), (0, 130, 200)]
 GENERATOR_VERSION = 3
-# Shape radius range, in pixels of a 128-pixel image (scaled with the image size). Measured
-# (benchmarks/RESULTS.md, demo recipe search): from scratch, an FCN-8s learns 12-22 px shapes
-# much faster than 16-30 px ones (mIoU 0.875 vs 0.830 after the same 10 epochs), while
-# 10-20 px ones lose more at their boundaries (0.848): the stride-8 scores are 8 px apart.
+# Shape radius range, in pixels of a 128-pixel image (scaled with the image size): larger
+# shapes are learnt more slowly from scratch, smaller ones lose more at their boundaries
+# (the stride-8 scores are 8 px apart); benchmarks/RESULTS.md, demo recipe search.
 RADIUS = (12.0, 22.0)
 SHAPES_PER_IMAGE = (1, 3)  # inclusive range
 _SPLIT_CODES = {"train": 1, "val": 2}
