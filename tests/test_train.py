@@ -36,7 +36,7 @@ def _config(data_dir, out, **kw):
     base = dict(dataset="shapes", data_dir=str(data_dir), data_options=DATA, model="fcn8s",
                 pretrained=False, backbone="tiny", epochs=2, batch_size=4, crop=[48, 48], workers=0,
                 device="cpu", precision="fp32", out=str(out), warmup_iters=2, lr=0.01,
-                log_every=1)
+                log_every=1, ema=0.9)  # the weight average on: resume must restore it too
     base.update(kw)
     return resolve_config(base)
 

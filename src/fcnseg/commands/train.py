@@ -68,7 +68,7 @@ def add_parser(subparsers: Any, help_text: str) -> None:
                         "(fcnseg recipe: 4, d2l: 0)")
     o.add_argument("--ema", type=float, metavar="DECAY",
                    help="validate and save an exponential moving average of the weights "
-                        "with this decay (default 0.99; 0: the last weights)")
+                        "with this decay, e.g. 0.99 (default 0: the last weights)")
     o.add_argument("--max-steps", type=int, help="stop after N optimizer steps (0: no limit)")
     o.add_argument("--time-budget", type=_duration, metavar="DURATION",
                    help="e.g. 90s, 60m, 1.5h: time the step here and set --epochs (and the lr "
