@@ -28,11 +28,10 @@ def trained(tmp_path_factory):
     root = tmp_path_factory.mktemp("trained")
     status = main(["train", "--dataset", "shapes", "--data-dir", str(root / "data"),
                    "--data-option", "size=64", "--data-option", "image_size=64",
-                   "--data-option", "val_size=8", "--epochs", "6", "--batch-size", "8",
+                   "--data-option", "val_size=8", "--epochs", "20", "--batch-size", "8",
                    "--crop", "64", "64", "--scale", "1", "1", "--lr", "0.02",
                    "--no-pretrained", "--backbone", "tiny", "--out", str(root / "run"),
-                   "--val-every", "6",
-                   "--val-images", "0", "--device", "cpu"])
+                   "--val-every", "20", "--val-images", "0", "--device", "cpu"])
     assert status == 0
     return root / "run" / "last.pt", root / "data"
 
