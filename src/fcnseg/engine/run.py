@@ -148,7 +148,7 @@ def build_run(config: TrainConfig, info: DistInfo, started: float,
                   "upsample_init": config.upsample_init}
     if checkpoint is not None:
         check_compatible(checkpoint, model_args, source, meta.class_names)
-    net = _build_model(config, model_args, info)
+    model = _build_model(config, model_args, info)  # DDP-wrapped under torchrun
     batch = per_rank_batch(config.batch_size, len(train_ds), info)
     sampler = EpochBatchSampler(len(train_ds), batch, config.seed, info.rank, info.world_size)
     if sampler.batches_per_epoch() == 0:
@@ -163,7 +163,7 @@ def build_run(config: TrainConfig, info: DistInfo, started: float,
                                           len(train_ds)).to(info.device)
     loss_fn = build_loss(config.loss, weight, meta.ignore_index, config.boundary_weight)
     if config.time_budget and checkpoint is None:  # a resumed run keeps its saved plan
-        plan = plan_run(config, unwrap(net), loss_fn, train_ds, val_ds,
+        plan = plan_run(config, unwrap(model), loss_fn, train_ds, val_ds,
                         sampler.batches_per_epoch(), batch, info.device, dtype,
                         time.perf_counter() - started, info, run_dir)
         config = dataclasses.replace(config, epochs=plan["epochs"])
@@ -173,9 +173,9 @@ def build_run(config: TrainConfig, info: DistInfo, started: float,
             print(describe(plan), flush=True)
     # The schedule spans the configured epochs; --max-steps only interrupts the run (tests,
     # benchmarks) so that a resumed run follows the very same lr curve.
-    optimizer = build_optimizer(net, config)
-    run = Run(config, info, run_dir, meta, train_ds, val_ds, net,
-              WeightAverage(unwrap(net), config.ema) if config.ema else None, loss_fn,
+    optimizer = build_optimizer(model, config)
+    run = Run(config, info, run_dir, meta, train_ds, val_ds, model,
+              WeightAverage(unwrap(model), config.ema) if config.ema else None, loss_fn,
               optimizer, build_scheduler(optimizer, config,
                                              config.epochs * sampler.batches_per_epoch()),
               torch.amp.GradScaler(info.device.type, enabled=dtype == torch.float16),
