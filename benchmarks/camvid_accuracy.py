@@ -25,6 +25,8 @@ from pathlib import Path
 
 import torch
 
+from report import write_report
+
 ROOT = Path(__file__).resolve().parents[1]
 CAMVID = ROOT.parent / "shared" / "data" / "camvid"
 
@@ -147,12 +149,9 @@ def main() -> None:
     print("per-class IoU: " + ", ".join(
         f"{n} " + "/".join(f"{(results[r]['per_class_iou'][n] or 0):.2f}" for r in results)
         for n in names))
-    report = {"command": " ".join([Path(sys.executable).name, *sys.argv]),
-              "budget_minutes": args.budget_minutes, "threads_per_run": threads,
-              "parallel": args.parallel, "cores": os.cpu_count(), "holdout": args.holdout,
-              "results": results}
-    args.json.parent.mkdir(parents=True, exist_ok=True)
-    args.json.write_text(json.dumps(report, indent=2))
+    write_report(args.json, budget_minutes=args.budget_minutes, threads_per_run=threads,
+                 parallel=args.parallel, cores=os.cpu_count(), holdout=args.holdout,
+                 results=results)
     print(f"wrote {args.json}")
 
 

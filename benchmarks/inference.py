@@ -35,6 +35,8 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from report import write_report
+
 CONFIGS = ("d2l", "torch-fp32", "torch-bf16", "ort-fp32", "ort-int8", "ov-fp32", "ov-bf16",
            "ov-int8")
 # config -> (model file kind, runtime, precision)
@@ -210,13 +212,10 @@ def main() -> None:
     flags = [f for f in open("/proc/cpuinfo").read().split("flags")[1].split("\n")[0].split()
              if f.startswith(("avx512", "amx", "avx_vnni", "avx2"))] \
         if os.path.exists("/proc/cpuinfo") else []
-    report = {"command": " ".join([Path(sys.executable).name, *sys.argv]),
-              "machine": {"cpu": platform.processor() or platform.machine(),
-                          "cores": os.cpu_count(), "torch": torch.__version__,
-                          "fast_bf16": cpu_has_fast_bf16(), "flags": flags},
-              "rows": rows, "end_to_end": e2e}
-    args.json.parent.mkdir(parents=True, exist_ok=True)
-    args.json.write_text(json.dumps(report, indent=2))
+    write_report(args.json, machine={"cpu": platform.processor() or platform.machine(),
+                                     "cores": os.cpu_count(), "torch": torch.__version__,
+                                     "fast_bf16": cpu_has_fast_bf16(), "flags": flags},
+                 rows=rows, end_to_end=e2e)
     print(f"CPU flags: {' '.join(flags) or 'none of avx2/avx512/amx'}; "
           f"fast bf16: {cpu_has_fast_bf16()}\nwrote {args.json}")
 

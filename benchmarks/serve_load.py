@@ -12,7 +12,6 @@ rate is ``fcnseg predict`` on the same images in the same run (decode + predict 
 from __future__ import annotations
 
 import argparse
-import json
 import os
 import socket
 import statistics
@@ -24,6 +23,8 @@ import time
 import urllib.error
 import urllib.request
 from pathlib import Path
+
+from report import write_report
 
 
 def free_port() -> int:
@@ -162,11 +163,8 @@ def main() -> None:
     print(f"overload, {args.overload_clients} clients, queue 2: {over['ok']} ok, "
           f"{over['busy_503']} x 503, {over['errors']} other errors, peak RSS "
           f"{over['peak_rss_mib']:.0f} MiB (normal load: {rss:.0f} MiB)")
-    report = {"command": " ".join([Path(sys.executable).name, *sys.argv]),
-              "predict_images_per_s": [before, after], "rows": rows, "peak_rss_mib": rss,
-              "overload": over}
-    args.json.parent.mkdir(parents=True, exist_ok=True)
-    args.json.write_text(json.dumps(report, indent=2))
+    write_report(args.json, predict_images_per_s=[before, after], rows=rows, peak_rss_mib=rss,
+                 overload=over)
     print(f"wrote {args.json}")
 
 

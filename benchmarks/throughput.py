@@ -31,6 +31,8 @@ import torch.nn.functional as F
 import torchvision
 from torch import nn
 
+from report import write_report
+
 NUM_CLASSES = 21  # VOC, as in the chapter
 CONFIGS = ("d2l", "fcnseg", "fcnseg-glibc", "fcnseg-bf16")  # the first one listed is the base
 SIZE = (320, 480)
@@ -212,16 +214,14 @@ def main() -> None:
               f"{100 * r['fraction_of_fp32_peak']:7.0f}% {r['peak_rss_mib']:8.0f}")
     print(f"matmul peak GFLOP/s: fp32 {peaks['fp32']:.0f}, bf16 {peaks['bf16']:.0f}; "
           f"fast bf16 (AMX/AVX512-BF16): {cpu_has_fast_bf16()}")
-    report = {
-        "command": " ".join([Path(sys.executable).name, *sys.argv]),
-        "machine": {"cpu": platform.processor() or platform.machine(), "cores": os.cpu_count(),
-                    "torch": torch.__version__, "threads": torch.get_num_threads(),
-                    "fast_bf16": cpu_has_fast_bf16()},
-        "size": list(SIZE), "batch": args.batch, "steps": args.steps, "rounds": args.rounds,
-        "matmul_peak_gflops": peaks, "rows": rows,
-    }
-    args.json.parent.mkdir(parents=True, exist_ok=True)
-    args.json.write_text(json.dumps(report, indent=2))
+    write_report(
+        args.json,
+        machine={"cpu": platform.processor() or platform.machine(), "cores": os.cpu_count(),
+                 "torch": torch.__version__, "threads": torch.get_num_threads(),
+                 "fast_bf16": cpu_has_fast_bf16()},
+        size=list(SIZE), batch=args.batch, steps=args.steps, rounds=args.rounds,
+        matmul_peak_gflops=peaks, rows=rows,
+    )
     print(f"wrote {args.json}")
 
 

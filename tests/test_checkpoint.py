@@ -14,6 +14,7 @@ from fcnseg.engine.checkpoint import (
     capture_rng_state,
     check_compatible,
     load_checkpoint,
+    model_entries,
     model_from_checkpoint,
     restore_rng_state,
     save_checkpoint,
@@ -28,10 +29,9 @@ def _state(num_classes=3, name="fcn8s"):
     model = build_model(**args)
     meta = DatasetMeta("toy", [f"c{i}" for i in range(num_classes)],
                        [(i, i, i) for i in range(num_classes)])
-    return model, {"model": model.state_dict(), "model_args": args, "meta": meta.to_dict(),
-                   "config": TrainConfig().to_dict(), "rng": capture_rng_state(),
-                   "epoch": 1, "iteration": 0, "best_miou": 0.5, "history": [],
-                   "fcnseg_version": "0.1.0"}
+    return model, {**model_entries(model, meta, args), "config": TrainConfig().to_dict(),
+                   "rng": capture_rng_state(), "epoch": 1, "iteration": 0,
+                   "best_miou": 0.5, "history": []}
 
 
 def test_save_load_rebuild(tmp_path):

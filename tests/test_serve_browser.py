@@ -14,14 +14,11 @@ import urllib.request
 from pathlib import Path
 
 import pytest
-import torch
 from PIL import Image
 
-from fcnseg import __version__, build_model
+from conftest import CAMVID, make_checkpoint
 from fcnseg.data.camvid import camvid_meta
-from fcnseg.engine.checkpoint import save_checkpoint
 
-CAMVID = Path(__file__).resolve().parents[2] / "shared" / "data" / "camvid"
 CHROMIUM, DRIVER = "/usr/bin/chromium", "/usr/bin/chromedriver"
 
 
@@ -35,13 +32,9 @@ def _need(what: str, ok: bool) -> None:
 @pytest.fixture(scope="module")
 def server(tmp_path_factory):
     pytest.importorskip("fastapi")
-    torch.manual_seed(0)
     meta = camvid_meta()
-    model = build_model("fcn8s", meta.num_classes, backbone="resnet18")
-    ckpt = save_checkpoint(tmp_path_factory.mktemp("browser") / "camvid.pt", {
-        "model": model.state_dict(), "meta": meta.to_dict(), "fcnseg_version": __version__,
-        "model_args": {"name": "fcn8s", "num_classes": meta.num_classes,
-                       "backbone": "resnet18"}})
+    ckpt = make_checkpoint(tmp_path_factory.mktemp("browser") / "camvid.pt",
+                           meta.class_names, meta.palette, model="fcn8s")
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
         port = s.getsockname()[1]
