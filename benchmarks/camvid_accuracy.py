@@ -33,10 +33,13 @@ CAMVID = ROOT.parent / "shared" / "data" / "camvid"
 # Settings changed on top of a recipe, passed to `fcnseg train` as flags. fcnseg-ce is the
 # ablation of fcnseg's loss: cross entropy alone (the recipe before session 4); fcnseg-aug is
 # session 8's attempt at generalising to unseen drives (colour jitter, scale 0.7-1.5, a
-# weight average), which did not beat the recipe on a held-out drive.
+# weight average), which did not beat the recipe on a held-out drive; fcnseg-balance and
+# fcnseg-mfw (session 9) aim at the thin classes by sampling and by loss weights.
 OVERRIDES: dict[str, dict] = {
     "fcnseg-ce": {"loss": "ce", "boundary_weight": 0.0},
     "fcnseg-aug": {"color_jitter": 0.3, "scale": [0.7, 1.5], "ema": 0.99},
+    "fcnseg-balance": {"class_balance": 0.5},
+    "fcnseg-mfw": {"class_weights": "median-frequency"},
 }
 # Test-time augmentation scored beside the plain prediction: flips and three scales.
 TTA = ["--flip", "--scales", "0.75", "1", "1.25"]

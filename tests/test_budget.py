@@ -8,7 +8,7 @@ import time
 import pytest
 
 from fcnseg.cli import main
-from fcnseg.engine.budget import SAFETY, parse_duration, plan_epochs
+from fcnseg.engine.budget import SAFETY, parse_duration, plan_epochs, replan_epochs
 from fcnseg.engine.checkpoint import load_checkpoint
 from fcnseg.engine.config import resolve_config
 from fcnseg.engine.train import fit
@@ -39,6 +39,26 @@ def test_the_plan_fits_the_budget_left():
     with pytest.raises(FcnsegError, match="less than one epoch"):
         plan_epochs(budget_s=30, elapsed_s=20, step_s=1, steps_per_epoch=40, validation_s=0,
                     val_every=1)
+
+
+def _plan(**kw):
+    return {"budget_s": 600.0, "seconds_per_epoch": 50.0, "validation_s": 10.0,
+            "val_every": 5, "epochs": 10, **kw}
+
+
+def test_a_run_on_plan_keeps_its_epochs():
+    # 4 epochs done at the planned pace: 6 more end well within the budget
+    assert replan_epochs(_plan(), elapsed_s=210, epochs_done=4, epochs=10, epoch_s=50) == 10
+
+
+def test_a_slower_run_is_shortened_to_fit():
+    # epochs now take 80 s: 6 more would end at 210 + 480 + 16 s > 600 s
+    epochs = replan_epochs(_plan(), elapsed_s=210, epochs_done=4, epochs=10, epoch_s=80)
+    assert epochs == 4 + int((SAFETY * 600 - 210 - 10 * 80 / 50) // 80) == 8
+    # out of time: stop after the epoch just done, never before it
+    assert replan_epochs(_plan(), elapsed_s=590, epochs_done=9, epochs=10, epoch_s=80) == 9
+    # a faster run is not given more epochs than planned
+    assert replan_epochs(_plan(), elapsed_s=100, epochs_done=4, epochs=10, epoch_s=10) == 10
 
 
 @pytest.fixture(scope="module")
@@ -74,13 +94,13 @@ def test_a_budgeted_run_ends_within_its_budget_and_resumes_on_plan(data_dir, tmp
     # interrupted after 3 steps, then resumed: the saved plan is followed, not made again
     out = tmp_path / "resumed"
     fit(_config(data_dir, out, time_budget=budget, max_steps=3))
-    planned = json.loads((out / "plan.json").read_text())["epochs"]
     capsys.readouterr()
     assert main(["train", "--resume", "--out", str(out), "--max-steps", "0"]) == 0
-    said = capsys.readouterr().out
-    assert "time budget" not in said
+    assert "time budget 20 s" not in capsys.readouterr().out  # no new plan
+    # the saved plan (shortened only if the host slowed down: then plan.json says so)
+    plan = json.loads((out / "plan.json").read_text())
     ck = load_checkpoint(out / "last.pt")
-    assert ck["config"]["epochs"] == planned and ck["epoch"] == planned
+    assert ck["config"]["epochs"] == plan["epochs"] == ck["epoch"]
 
 
 def test_the_cli_takes_durations(data_dir, tmp_path, capsys):
@@ -91,3 +111,39 @@ def test_the_cli_takes_durations(data_dir, tmp_path, capsys):
     assert "less than one epoch" in capsys.readouterr().err
     with pytest.raises(SystemExit):
         main(["train", "--time-budget", "soon", "--out", str(tmp_path / "s")])
+
+
+@pytest.mark.slow
+def test_a_run_slower_than_its_plan_is_shortened_and_resumes_shortened(data_dir, tmp_path,
+                                                                         monkeypatch, capsys):
+    import fcnseg.engine.run as run_module
+    import fcnseg.engine.train as train_module
+
+    def quick_plan(config, *args, **kwargs):  # 40 epochs of 2 steps: planned for 0.05 s each
+        plan = plan_epochs(budget_s=config.time_budget, elapsed_s=0, step_s=0.025,
+                           steps_per_epoch=2, validation_s=0.0, val_every=0)
+        return {**plan, "epochs": 40}
+
+    def slow_epoch(run):  # ... and then the host slows down: over a second an epoch
+        time.sleep(1.0)
+        real_epoch(run)
+
+    real_epoch = train_module.train_one_epoch
+    monkeypatch.setattr(run_module, "plan_run", quick_plan)
+    monkeypatch.setattr(train_module, "train_one_epoch", slow_epoch)
+    out, budget = tmp_path / "slowed", 12.0
+    config = _config(data_dir, out, time_budget=budget, backbone="tiny", val_every=0,
+                     warmup_iters=0, max_steps=6)
+    fit(config)  # interrupted after 3 epochs (2 steps each)
+    plan = json.loads((out / "plan.json").read_text())
+    ck = load_checkpoint(out / "last.pt")
+    assert plan["replanned"][0]["after_epoch"] == 1
+    assert ck["config"]["epochs"] == plan["epochs"] < 40
+    assert "the run now ends after epoch" in capsys.readouterr().out
+    assert main(["train", "--resume", "--out", str(out), "--max-steps", "0"]) == 0
+    plan = json.loads((out / "plan.json").read_text())
+    ck = load_checkpoint(out / "last.pt")
+    assert ck["epoch"] == ck["config"]["epochs"] == plan["epochs"] == len(ck["history"])
+    assert ck["progress"]["wall_s"] <= budget * 1.3
+    # the lr schedule was rebuilt to end with the run: poly reaches ~0 at the last step
+    assert ck["optimizer"]["param_groups"][0]["lr"] < 0.1 * config.lr

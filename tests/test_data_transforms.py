@@ -84,3 +84,23 @@ def test_color_jitter_changes_image_only_and_validates_args():
         train_transform(meta, scale=(2.0, 1.0))
     with pytest.raises(ValueError, match="sizes differ"):
         train_transform(meta)(img, mask[:-1])
+
+
+@pytest.mark.parametrize("crop", [(16, 24), (96, 120)])
+def test_the_crop_holds_its_focus(crop):
+    # class-balanced sampling crops around a pixel of the class it drew: at every scale and
+    # flip, the 3 x 3 block around the focus must be in the crop (smaller crop than image,
+    # and larger)
+    img, _, meta = _position_pair()
+    mask = np.zeros((H, W), np.int64)
+    mask[40:43, 60:63] = 1
+    tf = train_transform(meta, crop=crop, scale=(0.5, 2.0), flip=True)
+    unfocused = 0
+    for seed in range(200):
+        random.seed(seed)
+        _, m = tf(img, mask, focus=(41, 61))
+        assert (m == 1).any(), seed
+        random.seed(seed)
+        unfocused += bool((tf(img, mask)[1] == 1).any())
+    if crop[0] < H:  # without a focus, a small crop often leaves the block out
+        assert unfocused < 150

@@ -10,6 +10,7 @@ import sys
 import time
 from pathlib import Path
 
+import numpy as np
 import pytest
 import torch
 import torch.nn.functional as F
@@ -36,7 +37,8 @@ def _config(data_dir, out, **kw):
     base = dict(dataset="shapes", data_dir=str(data_dir), data_options=DATA, model="fcn8s",
                 pretrained=False, backbone="tiny", epochs=2, batch_size=4, crop=[48, 48], workers=0,
                 device="cpu", precision="fp32", out=str(out), warmup_iters=2, lr=0.01,
-                log_every=1, ema=0.9)  # the weight average on: resume must restore it too
+                log_every=1, ema=0.9,  # the weight average on: resume must restore it too
+                class_balance=0.5)  # and the class-balanced draws must replay
     base.update(kw)
     return resolve_config(base)
 
@@ -274,3 +276,38 @@ def test_weight_average_follows_the_weights_and_is_what_a_checkpoint_predicts_wi
                if ck["model"][k].is_floating_point())
     fit(_config(data_dir, tmp_path / "none", epochs=1, ema=0.0, val_images=0))
     assert "trained_model" not in load_checkpoint(tmp_path / "none" / "last.pt")
+
+
+def test_class_balanced_sampling_brings_rare_classes_and_is_seeded():
+    from fcnseg.data import DatasetMeta
+    from fcnseg.data.transforms import train_transform
+    from fcnseg.engine.loader import AugmentedDataset
+
+    meta = DatasetMeta("toy", ["road", "sky", "pole"], [(0, 0, 0)] * 3)
+
+    class Drive:  # 20 frames of road and sky; a pole in a corner of frame 7 only
+        def __init__(self):
+            self.meta = meta
+
+        def __len__(self):
+            return 20
+
+        def read_raw(self, i):
+            mask = np.zeros((60, 80), np.int64)
+            mask[:30] = 1
+            if i == 7:
+                mask[50:56, 2:5] = 2
+            return np.zeros((60, 80, 3), np.uint8), mask
+
+    def poles(dataset):
+        return sum(bool((dataset[(e, i)][1] == 2).any()) for e in range(5) for i in range(20))
+
+    tf = train_transform(meta, crop=(24, 32), scale=(0.75, 1.25))
+    balanced = AugmentedDataset(Drive(), tf, seed=0, class_balance=0.6)
+    assert [c for c, _ in balanced.images_with] == [0, 1, 2]
+    assert list(balanced.images_with[2][1]) == [7]
+    # a third of 60 % of the samples draw the pole; unbalanced, frame 7's crops rarely hold it
+    assert poles(balanced) >= 20 > 5 >= poles(AugmentedDataset(Drive(), tf, seed=0))
+    x1, y1 = balanced[(3, 5)]
+    x2, y2 = AugmentedDataset(Drive(), tf, seed=0, class_balance=0.6)[(3, 5)]
+    assert torch.equal(x1, x2) and torch.equal(y1, y2)  # a function of (seed, epoch, index)

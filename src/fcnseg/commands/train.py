@@ -78,6 +78,9 @@ def add_parser(subparsers: Any, help_text: str) -> None:
     a.add_argument("--scale", type=float, nargs=2, metavar=("MIN", "MAX"))
     a.add_argument("--flip", action=_BOOL)
     a.add_argument("--color-jitter", type=float)
+    a.add_argument("--class-balance", type=float, metavar="SHARE",
+                   help="share of samples drawn class-uniformly: a class, an image that "
+                        "shows it, a crop around one of its pixels (default 0)")
     r = p.add_argument_group("runtime")
     r.add_argument("--device", help="auto, cpu, cuda or cuda:N")
     r.add_argument("--precision", help=_one_of("precision"))

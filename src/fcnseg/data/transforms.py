@@ -50,17 +50,22 @@ def _check_pair(img: np.ndarray, mask: np.ndarray) -> None:
         raise ValueError(f"image {img.shape[:2]} and mask {mask.shape} sizes differ")
 
 
-def _axis_window(size: int, scale: float, crop: int | None) -> tuple[int, int, int, int]:
+def _axis_window(size: int, scale: float, crop: int | None,
+                 focus: int | None = None) -> tuple[int, int, int, int]:
     """Pick a crop window along one axis of the *scaled* image.
 
     Returns ``(scaled_size, offset, valid_start, valid_stop)``: output pixel ``d`` shows scaled
     pixel ``offset + d``; only ``valid_start <= d < valid_stop`` lie inside the image (the rest
     is padding). A window larger than the image is placed at a random offset so the padding
-    is not always on the same side.
+    is not always on the same side. ``focus`` (a source pixel) lands at a random place inside
+    the window.
     """
     scaled = max(1, int(round(size * scale)))
     out = scaled if crop is None else crop
     lo, hi = min(0, scaled - out), max(0, scaled - out)
+    if focus is not None:
+        at = min(int((focus + 0.5) * scaled / size), scaled - 1)  # the focus, scaled
+        lo, hi = max(lo, at - out + 1), min(hi, at)
     offset = random.randint(lo, hi)
     return scaled, offset, max(0, -offset), min(out, scaled - offset)
 
@@ -92,13 +97,16 @@ class TrainTransform:
         return (f"TrainTransform(crop={self.crop}, scale={self.scale}, flip={self.flip}, "
                 f"color_jitter={self.color_jitter})")
 
-    def __call__(self, img: np.ndarray, mask: np.ndarray) -> tuple[torch.Tensor, torch.Tensor]:
+    def __call__(self, img: np.ndarray, mask: np.ndarray, focus: tuple[int, int] | None = None
+                 ) -> tuple[torch.Tensor, torch.Tensor]:
+        """One augmented pair; the crop contains source pixel ``focus = (y, x)`` if given."""
         _check_pair(img, mask)
         h, w = mask.shape
         s = random.uniform(*self.scale) if self.scale is not None else 1.0
         ch, cw = self.crop if self.crop is not None else (None, None)
-        sh, oy, y0, y1 = _axis_window(h, s, ch)
-        sw, ox, x0, x1 = _axis_window(w, s, cw)
+        focus_y, focus_x = (None, None) if focus is None else focus
+        sh, oy, y0, y1 = _axis_window(h, s, ch, focus_y)
+        sw, ox, x0, x1 = _axis_window(w, s, cw, focus_x)
         out_h, out_w = (sh, sw) if self.crop is None else self.crop
         fy, fx = sh / h, sw / w  # exact per-axis factors after rounding the scaled size
 

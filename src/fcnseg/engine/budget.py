@@ -5,6 +5,11 @@ pass on a throwaway copy of the model, then sets the number of epochs (and so th
 the lr schedule) that fits the budget left, validations included. The plan is printed, saved
 as ``RUN_DIR/plan.json`` and in the checkpoint's config (``epochs``), so a resumed run
 follows the very same schedule instead of planning again.
+
+A plan is a forecast: a shared host can slow down mid-run. After every epoch the loop
+checks the forecast against the epochs it has seen (:func:`replan_epochs`); when the run
+would end past the budget, the epochs, and the lr schedule with them, are shortened to fit,
+and ``plan.json`` records why. Plans only shrink: a slow start never buys extra epochs.
 """
 
 from __future__ import annotations
@@ -94,6 +99,20 @@ def plan_epochs(budget_s: float, elapsed_s: float, step_s: float, steps_per_epoc
             "planned_s": round(SAFETY * budget_s - left + epochs * per_epoch, 1)}
 
 
+def replan_epochs(plan: dict[str, Any], elapsed_s: float, epochs_done: int, epochs: int,
+                  epoch_s: float) -> int:
+    """The epochs to run now that an epoch takes ``epoch_s`` (validations amortised) and
+    ``elapsed_s`` of the budget is spent: ``epochs`` while the run still ends within the
+    budget, else as many as fit ``SAFETY`` of it (at least ``epochs_done``)."""
+    slower = epoch_s / max(plan["seconds_per_epoch"], 1e-9)
+    last_validation_s = plan["validation_s"] * slower if plan["val_every"] else 0.0
+    budget_s = plan["budget_s"]
+    if elapsed_s + (epochs - epochs_done) * epoch_s + last_validation_s <= budget_s:
+        return epochs
+    fit = int(max(0.0, SAFETY * budget_s - elapsed_s - last_validation_s) // epoch_s)
+    return max(epochs_done, min(epochs, epochs_done + fit))
+
+
 def plan_run(config: Any, model: torch.nn.Module, loss_fn: Callable, train_ds: Any,
              val_ds: Any, steps_per_epoch: int, batch: int, device: torch.device,
              dtype: torch.dtype, elapsed_s: float, info: Any, run_dir: Path) -> dict[str, Any]:
@@ -146,6 +165,15 @@ def _epoch_overhead(model: torch.nn.Module, run_dir: Path, config: Any) -> float
 
 def save_plan(run_dir: Path, plan: dict[str, Any]) -> None:
     atomic_write_text(run_dir / "plan.json", json.dumps(plan, indent=2) + "\n")
+
+
+def load_plan(run_dir: Path) -> dict[str, Any] | None:
+    """The plan a budgeted run saved in ``run_dir`` (None if it has none or it is unreadable:
+    the run then keeps its epochs without re-planning)."""
+    try:
+        return json.loads((run_dir / "plan.json").read_text())
+    except (OSError, ValueError):
+        return None
 
 
 def describe(plan: dict[str, Any]) -> str:

@@ -101,6 +101,7 @@ class TrainConfig:
     scale: list[float] = field(default_factory=lambda: [0.75, 1.25])
     flip: bool = True
     color_jitter: float = 0.0
+    class_balance: float = 0.0  # share of samples cropped around a class drawn uniformly
     # speed and runtime: bf16 only where the CPU is fast at it
     device: str = "auto"
     precision: str = "auto"
@@ -171,6 +172,8 @@ class TrainConfig:
             raise FcnsegError(f"--boundary-weight must be >= 0, got {self.boundary_weight}")
         if self.weight_decay < 0 or not (0 <= self.momentum < 1):
             raise FcnsegError("--weight-decay must be >= 0 and --momentum in [0, 1)")
+        if not (0 <= self.class_balance <= 1):
+            raise FcnsegError(f"--class-balance must be in [0, 1], got {self.class_balance}")
         if self.time_budget < 0:
             raise FcnsegError(f"--time-budget must be >= 0 s, got {self.time_budget}")
         if not (self.poly_power > 0):

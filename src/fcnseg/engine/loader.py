@@ -56,20 +56,47 @@ def seeded_rngs(seed: int) -> Iterator[None]:
 
 
 class AugmentedDataset(Dataset):
-    """Raw pairs of ``base`` (``read_raw``) through ``transform``, keyed by ``(epoch, index)``."""
+    """Raw pairs of ``base`` (``read_raw``) through ``transform``, keyed by ``(epoch, index)``.
 
-    def __init__(self, base: Any, transform: Callable, seed: int, length: int | None = None):
+    ``class_balance`` is the share of samples drawn class-uniformly instead (Zhu et al. 2019's
+    class-uniform sampling): a class picked uniformly, an image that shows it and a crop
+    around one of its pixels, so that thin, rare classes (poles, signs, cyclists) are seen
+    as often as roads. The draw is part of the sample's seeded augmentation, so resumes stay
+    exact.
+    """
+
+    def __init__(self, base: Any, transform: Callable, seed: int, length: int | None = None,
+                 class_balance: float = 0.0) -> None:
         self.base, self.transform, self.seed = base, transform, int(seed)
         self.length = len(base) if length is None else min(int(length), len(base))
+        self.class_balance = float(class_balance)
+        self.images_with = images_per_class(base, self.length) if class_balance else []
 
     def __len__(self) -> int:
         return self.length
 
     def __getitem__(self, key: tuple[int, int]) -> tuple[torch.Tensor, torch.Tensor]:
         epoch, index = key
-        image, mask = self.base.read_raw(index)
         with seeded_rngs(sample_seed(self.seed, epoch, index)):
-            return self.transform(image, mask)
+            if self.images_with and random.random() < self.class_balance:
+                label, images = random.choice(self.images_with)
+                image, mask = self.base.read_raw(int(random.choice(images)))
+                ys, xs = np.nonzero(mask == label)
+                pick = random.randrange(len(ys))
+                return self.transform(image, mask, focus=(int(ys[pick]), int(xs[pick])))
+            return self.transform(*self.base.read_raw(index))
+
+
+def images_per_class(base: Any, length: int) -> list[tuple[int, np.ndarray]]:
+    """``(class, indices of the images that show it)`` for every class the first ``length``
+    images of ``base`` show (counted on the raw masks, ignored pixels aside)."""
+    num_classes = base.meta.num_classes
+    shows = np.zeros((length, num_classes), dtype=bool)
+    for i in range(length):
+        mask = np.asarray(base.read_raw(i)[1]).ravel()
+        counts = np.bincount(mask[mask < num_classes], minlength=num_classes)
+        shows[i] = counts > 0
+    return [(c, np.flatnonzero(shows[:, c])) for c in range(num_classes) if shows[:, c].any()]
 
 
 class EpochBatchSampler:
@@ -142,7 +169,7 @@ def build_train_val_data(config: Any) -> tuple[Any, AugmentedDataset, Any]:
         base.preload()
     transform = train_transform(meta, crop=tuple(config.crop), scale=tuple(config.scale),
                                 flip=config.flip, color_jitter=config.color_jitter)
-    train = AugmentedDataset(base, transform, config.seed, n)
+    train = AugmentedDataset(base, transform, config.seed, n, config.class_balance)
     val = None
     if config.val_every:
         # No transform: validation reads raw pixels (read_raw), the Predictor normalises.

@@ -24,7 +24,7 @@ from ..data import DatasetMeta
 from ..device import resolve_precision
 from ..errors import CheckpointError, DataError, FcnsegError
 from ..models import build_model
-from .budget import describe, plan_run, save_plan
+from .budget import describe, load_plan, plan_run, save_plan
 from .checkpoint import (
     capture_rng_state,
     check_compatible,
@@ -57,6 +57,7 @@ class RunState:
     seconds: float = 0.0
     best_miou: float = -1.0
     history: list[dict[str, Any]] = field(default_factory=list)  # a row per epoch
+    wall_s: float = 0.0  # wall seconds the run had used when it was saved (its budget's clock)
 
     def progress(self) -> dict[str, Any]:
         return {k: getattr(self, k) for k in ("step", "loss_sum", "loss_steps", "images",
@@ -109,6 +110,12 @@ class Run:
     model_args: dict[str, Any]
     batch: int  # per process
     state: RunState = field(default_factory=RunState)
+    plan: dict[str, Any] | None = None  # a --time-budget run's plan (budget.py)
+    clock: float = 0.0  # perf_counter() at which the run's wall time would have been 0
+
+    def elapsed(self) -> float:
+        """Wall seconds of the run so far, earlier processes of a resumed run included."""
+        return time.perf_counter() - self.clock
 
     @property
     def steps_per_epoch(self) -> int:
@@ -162,6 +169,7 @@ def build_run(config: TrainConfig, info: DistInfo, started: float,
         weight = median_frequency_weights(train_ds.base, meta.num_classes, meta.ignore_index,
                                           len(train_ds)).to(info.device)
     loss_fn = build_loss(config.loss, weight, meta.ignore_index, config.boundary_weight)
+    plan = load_plan(run_dir) if config.time_budget and checkpoint is not None else None
     if config.time_budget and checkpoint is None:  # a resumed run keeps its saved plan
         plan = plan_run(config, unwrap(model), loss_fn, train_ds, val_ds,
                         sampler.batches_per_epoch(), batch, info.device, dtype,
@@ -179,7 +187,7 @@ def build_run(config: TrainConfig, info: DistInfo, started: float,
               optimizer, build_scheduler(optimizer, config,
                                              config.epochs * sampler.batches_per_epoch()),
               torch.amp.GradScaler(info.device.type, enabled=dtype == torch.float16),
-              sampler, loader, dtype, precision, model_args, batch)
+              sampler, loader, dtype, precision, model_args, batch, plan=plan, clock=started)
     if checkpoint is not None:
         restore(run, checkpoint, source)
     return run
@@ -204,7 +212,7 @@ def checkpoint_state(run: Run) -> dict[str, Any]:
     state = {**model_entries(run.predicting_model, run.meta, run.model_args),
              "optimizer": run.optimizer.state_dict(), "scheduler": run.scheduler.state_dict(),
              "scaler": run.scaler.state_dict(), "epoch": s.epoch, "iteration": s.iteration,
-             "progress": s.progress(), "rng": capture_rng_state(),
+             "progress": {**s.progress(), "wall_s": run.elapsed()}, "rng": capture_rng_state(),
              "config": run.config.to_dict(), "best_miou": s.best_miou, "history": s.history}
     if run.average is not None:
         state["trained_model"] = run.net.state_dict()
@@ -228,6 +236,16 @@ def restore(run: Run, checkpoint: dict[str, Any], source: Any) -> None:
                          best_miou=checkpoint["best_miou"],
                          history=list(checkpoint["history"]),
                          **checkpoint.get("progress", {}))
+    run.clock -= run.state.wall_s
+
+
+def shorten(run: Run, epochs: int) -> None:
+    """End the run after ``epochs`` epochs: the lr schedule is rebuilt to end there too, from
+    the step the run is at (a resume rebuilds the same from the saved config)."""
+    run.config = dataclasses.replace(run.config, epochs=epochs)
+    run.scheduler = build_scheduler(run.optimizer, run.config, epochs * run.steps_per_epoch)
+    run.scheduler.last_epoch = run.state.step - 1
+    run.scheduler.step()  # the lr of the next step, on the new curve
 
 
 def save(run: Run, name: str, where: str) -> None:

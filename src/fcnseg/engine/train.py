@@ -23,6 +23,7 @@ from ..device import autocast
 from ..fileio import atomic_write_text
 from ..inference import Predictor
 from ..viz import plot_training_curves
+from .budget import replan_epochs, save_plan
 from .checkpoint import load_checkpoint
 from .config import TrainConfig, resolve_config
 from .distributed import (
@@ -33,7 +34,7 @@ from .distributed import (
     sync_buffers,
 )
 from .evaluate import evaluate
-from .run import DivergedError, Run, build_run, save
+from .run import DivergedError, Run, build_run, save, shorten
 from .rundir import check_run_folder, run_folder_lock
 
 __all__ = ["DivergedError", "TrainResult", "fit", "train", "train_one_epoch", "validate"]
@@ -105,27 +106,29 @@ def fit(config: TrainConfig, resume: str | Path | None = None, overwrite: bool =
 
 def _train(run: Run) -> TrainResult:
     """The loop: epochs of training, each saved, validated when due, and logged."""
-    config, state = run.config, run.state
+    state = run.state
     _say(run, _describe(run))
-    if state.epoch >= config.epochs:
+    if state.epoch >= run.config.epochs:
         _say(run, f"nothing to do: the checkpoint already finished {state.epoch} epochs; "
                   "give a larger --epochs to go on")
     elif _at_step_limit(run):
         _say(run, f"nothing to do: the run is at its step limit ({state.step} steps, "
-                  f"--max-steps {config.max_steps}); go on with --max-steps 0 (no limit) "
+                  f"--max-steps {run.config.max_steps}); go on with --max-steps 0 (no limit) "
                   "or a larger value")
-    metrics = None
-    while state.epoch < config.epochs and not _at_step_limit(run):
+    metrics, epoch_ends = None, [time.perf_counter()]
+    while state.epoch < run.config.epochs and not _at_step_limit(run):
         run.sampler.set_epoch(state.epoch, skip=state.iteration)
         train_one_epoch(run)
         if state.iteration < run.steps_per_epoch:  # stopped by --max-steps mid-epoch
             save(run, "last.pt", "at the step limit")
             break
         row = _finish_epoch(run)
-        last = state.epoch == config.epochs or _at_step_limit(run)
+        epoch_ends.append(time.perf_counter())
+        _keep_to_budget(run, epoch_ends)
+        last = state.epoch == run.config.epochs or _at_step_limit(run)
         # Saved before validating: a failure there must not cost the epoch's training.
         save(run, "last.pt", f"after epoch {state.epoch}")
-        if run.val_ds is not None and (last or state.epoch % max(config.val_every, 1) == 0):
+        if run.val_ds is not None and (last or state.epoch % max(run.config.val_every, 1) == 0):
             metrics = validate(run)
             row.update(val_pixel_accuracy=float(metrics["pixel_accuracy"]),
                        val_miou=float(metrics["miou"]))
@@ -140,6 +143,32 @@ def _train(run: Run) -> TrainResult:
     barrier(run.info)
     return TrainResult(run.run_dir, state.history, state.best_miou, metrics, state.epoch,
                        state.step, run.predicting_model)
+
+
+def _keep_to_budget(run: Run, epoch_ends: list[float]) -> None:
+    """Shorten a --time-budget run whose epochs turned out slower than planned."""
+    plan = run.plan
+    if plan is None or run.config.epochs != plan["epochs"]:  # no budget, or --epochs given
+        return
+    # The recent epochs, over a window that holds about one validation.
+    window = min(len(epoch_ends) - 1, max(3, run.config.val_every))
+    epoch_s = (epoch_ends[-1] - epoch_ends[-1 - window]) / window
+    epochs = replan_epochs(plan, run.elapsed(), run.state.epoch, plan["epochs"], epoch_s)
+    # Every rank follows rank 0's decision.
+    epochs = int(all_reduce_sum(torch.tensor([epochs if run.info.is_main else 0],
+                                             device=run.device), run.info).item())
+    if epochs == plan["epochs"]:
+        return
+    _say(run, f"time budget: epochs take {epoch_s:.0f} s, not the {plan['seconds_per_epoch']:.0f}"
+              f" s planned; the run now ends after epoch {epochs} (was {plan['epochs']}), "
+              "its lr schedule with it")
+    plan.setdefault("replanned", []).append(
+        {"after_epoch": run.state.epoch, "elapsed_s": round(run.elapsed(), 1),
+         "seconds_per_epoch": round(epoch_s, 2), "epochs": epochs})
+    plan["epochs"] = epochs
+    shorten(run, epochs)
+    if run.info.is_main:
+        save_plan(run.run_dir, plan)
 
 
 def train_one_epoch(run: Run) -> None:
