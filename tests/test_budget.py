@@ -57,8 +57,15 @@ def test_a_slower_run_is_shortened_to_fit():
     assert epochs == 4 + int((SAFETY * 600 - 210 - 10 * 80 / 50) // 80) == 8
     # out of time: stop after the epoch just done, never before it
     assert replan_epochs(_plan(), elapsed_s=590, epochs_done=9, epochs=10, epoch_s=80) == 9
-    # a faster run is not given more epochs than planned
-    assert replan_epochs(_plan(), elapsed_s=100, epochs_done=4, epochs=10, epoch_s=10) == 10
+
+
+def test_a_faster_run_gets_more_epochs_only_in_its_first_quarter():
+    # after 2 of 10 epochs, each 40 s instead of 50: the budget holds 2 + (552 - 90 - 8) // 40
+    assert replan_epochs(_plan(), elapsed_s=90, epochs_done=2, epochs=10, epoch_s=40) == 13
+    # after 4 of 10 the lr schedule is too far along to be stretched
+    assert replan_epochs(_plan(), elapsed_s=170, epochs_done=4, epochs=10, epoch_s=40) == 10
+    # a pace that only just fits the plan changes nothing
+    assert replan_epochs(_plan(), elapsed_s=100, epochs_done=2, epochs=10, epoch_s=50) == 10
 
 
 @pytest.fixture(scope="module")

@@ -6,10 +6,11 @@ the lr schedule) that fits the budget left, validations included. The plan is pr
 as ``RUN_DIR/plan.json`` and in the checkpoint's config (``epochs``), so a resumed run
 follows the very same schedule instead of planning again.
 
-A plan is a forecast: a shared host can slow down mid-run. After every epoch the loop
-checks the forecast against the epochs it has seen (:func:`replan_epochs`); when the run
-would end past the budget, the epochs, and the lr schedule with them, are shortened to fit,
-and ``plan.json`` records why. Plans only shrink: a slow start never buys extra epochs.
+A plan is a forecast from a few steps, and a shared host can slow down mid-run. After every
+epoch the loop checks the forecast against the epochs it has seen (:func:`replan_epochs`):
+when the run would end past the budget, the epochs, and the lr schedule with them, are
+shortened to fit; when the first quarter of the run goes faster than planned, it gets the
+epochs the budget still holds. ``plan.json`` records each change and why.
 """
 
 from __future__ import annotations
@@ -102,15 +103,21 @@ def plan_epochs(budget_s: float, elapsed_s: float, step_s: float, steps_per_epoc
 def replan_epochs(plan: dict[str, Any], elapsed_s: float, epochs_done: int, epochs: int,
                   epoch_s: float) -> int:
     """The epochs to run now that an epoch takes ``epoch_s`` (validations amortised) and
-    ``elapsed_s`` of the budget is spent: ``epochs`` while the run still ends within the
-    budget, else as many as fit ``SAFETY`` of it (at least ``epochs_done``)."""
+    ``elapsed_s`` of the budget is spent.
+
+    A run that would end past the budget gets as many as fit ``SAFETY`` of it (at least
+    ``epochs_done``). A run faster than planned gets more only in its first quarter, where
+    the longer lr schedule barely changes the lr (poly: by a few per cent); later the
+    schedule is kept.
+    """
     slower = epoch_s / max(plan["seconds_per_epoch"], 1e-9)
     last_validation_s = plan["validation_s"] * slower if plan["val_every"] else 0.0
     budget_s = plan["budget_s"]
-    if elapsed_s + (epochs - epochs_done) * epoch_s + last_validation_s <= budget_s:
-        return epochs
-    fit = int(max(0.0, SAFETY * budget_s - elapsed_s - last_validation_s) // epoch_s)
-    return max(epochs_done, min(epochs, epochs_done + fit))
+    fit = epochs_done + int(max(0.0, SAFETY * budget_s - elapsed_s - last_validation_s)
+                            // epoch_s)
+    if elapsed_s + (epochs - epochs_done) * epoch_s + last_validation_s > budget_s:
+        return max(epochs_done, min(epochs, fit))
+    return max(epochs, fit) if epochs_done < epochs / 4 else epochs
 
 
 def plan_run(config: Any, model: torch.nn.Module, loss_fn: Callable, train_ds: Any,

@@ -239,7 +239,7 @@ def restore(run: Run, checkpoint: dict[str, Any], source: Any) -> None:
     run.clock -= run.state.wall_s
 
 
-def shorten(run: Run, epochs: int) -> None:
+def reschedule(run: Run, epochs: int) -> None:
     """End the run after ``epochs`` epochs: the lr schedule is rebuilt to end there too, from
     the step the run is at (a resume rebuilds the same from the saved config)."""
     run.config = dataclasses.replace(run.config, epochs=epochs)

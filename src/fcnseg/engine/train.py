@@ -34,7 +34,7 @@ from .distributed import (
     sync_buffers,
 )
 from .evaluate import evaluate
-from .run import DivergedError, Run, build_run, save, shorten
+from .run import DivergedError, Run, build_run, reschedule, save
 from .rundir import check_run_folder, run_folder_lock
 
 __all__ = ["DivergedError", "TrainResult", "fit", "train", "train_one_epoch", "validate"]
@@ -117,14 +117,18 @@ def _train(run: Run) -> TrainResult:
                   "or a larger value")
     metrics, epoch_ends = None, [time.perf_counter()]
     while state.epoch < run.config.epochs and not _at_step_limit(run):
+        whole_epoch = state.iteration == 0  # not the rest of one, after a resume
         run.sampler.set_epoch(state.epoch, skip=state.iteration)
         train_one_epoch(run)
         if state.iteration < run.steps_per_epoch:  # stopped by --max-steps mid-epoch
             save(run, "last.pt", "at the step limit")
             break
         row = _finish_epoch(run)
-        epoch_ends.append(time.perf_counter())
-        _keep_to_budget(run, epoch_ends)
+        if whole_epoch:  # only whole epochs tell the pace
+            epoch_ends.append(time.perf_counter())
+            _keep_to_budget(run, epoch_ends)
+        else:
+            epoch_ends = [time.perf_counter()]
         last = state.epoch == run.config.epochs or _at_step_limit(run)
         # Saved before validating: a failure there must not cost the epoch's training.
         save(run, "last.pt", f"after epoch {state.epoch}")
@@ -146,7 +150,7 @@ def _train(run: Run) -> TrainResult:
 
 
 def _keep_to_budget(run: Run, epoch_ends: list[float]) -> None:
-    """Shorten a --time-budget run whose epochs turned out slower than planned."""
+    """Re-plan a --time-budget run from the pace of its recent epochs (budget.py)."""
     plan = run.plan
     if plan is None or run.config.epochs != plan["epochs"]:  # no budget, or --epochs given
         return
@@ -166,7 +170,7 @@ def _keep_to_budget(run: Run, epoch_ends: list[float]) -> None:
         {"after_epoch": run.state.epoch, "elapsed_s": round(run.elapsed(), 1),
          "seconds_per_epoch": round(epoch_s, 2), "epochs": epochs})
     plan["epochs"] = epochs
-    shorten(run, epochs)
+    reschedule(run, epochs)
     if run.info.is_main:
         save_plan(run.run_dir, plan)
 
