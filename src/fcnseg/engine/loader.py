@@ -89,14 +89,24 @@ class AugmentedDataset(Dataset):
 
 def images_per_class(base: Any, length: int) -> list[tuple[int, np.ndarray]]:
     """``(class, indices of the images that show it)`` for every class the first ``length``
-    images of ``base`` show (counted on the raw masks, ignored pixels aside)."""
-    num_classes = base.meta.num_classes
-    shows = np.zeros((length, num_classes), dtype=bool)
-    for i in range(length):
-        mask = np.asarray(base.read_raw(i)[1]).ravel()
-        counts = np.bincount(mask[mask < num_classes], minlength=num_classes)
-        shows[i] = counts > 0
-    return [(c, np.flatnonzero(shows[:, c])) for c in range(num_classes) if shows[:, c].any()]
+    images of ``base`` show."""
+    counts, _ = class_pixel_counts(base, base.meta.num_classes, base.meta.ignore_index, length)
+    return [(c, np.flatnonzero(counts[:, c])) for c in range(counts.shape[1])
+            if counts[:, c].any()]
+
+
+def class_pixel_counts(dataset: Any, num_classes: int, ignore_index: int,
+                       length: int | None = None) -> tuple[np.ndarray, np.ndarray]:
+    """Per image of the first ``length`` (default all): the pixels of each class on the raw
+    mask (``N x C``, ignored pixels aside) and all its pixels (``N``)."""
+    n = len(dataset) if length is None else min(length, len(dataset))
+    counts = np.zeros((n, num_classes), dtype=np.int64)
+    sizes = np.zeros(n, dtype=np.int64)
+    for i in range(n):
+        mask = np.asarray(dataset.read_raw(i)[1]).ravel()
+        counts[i] = np.bincount(mask[mask != ignore_index], minlength=num_classes)[:num_classes]
+        sizes[i] = mask.size
+    return counts, sizes
 
 
 class EpochBatchSampler:

@@ -8,6 +8,8 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 import torch
 
+from .loader import class_pixel_counts
+
 if TYPE_CHECKING:  # the config names these registries: no import at run time
     from .config import TrainConfig
 
@@ -65,15 +67,9 @@ def median_frequency_weights(dataset: Any, num_classes: int, ignore_index: int =
     counted on the raw (un-augmented) training masks. Classes absent from the training
     masks get weight 1 (they never occur as targets anyway).
     """
-    counts = np.zeros(num_classes, dtype=np.float64)
-    image_pixels = np.zeros(num_classes, dtype=np.float64)
-    n = len(dataset) if limit is None else min(limit, len(dataset))
-    for i in range(n):
-        _, mask = dataset.read_raw(i)
-        mask = np.asarray(mask).ravel()
-        hist = np.bincount(mask[mask != ignore_index], minlength=num_classes)[:num_classes]
-        counts += hist
-        image_pixels[hist > 0] += mask.size
+    per_image, sizes = class_pixel_counts(dataset, num_classes, ignore_index, limit)
+    counts = per_image.sum(axis=0).astype(np.float64)
+    image_pixels = ((per_image > 0) * sizes[:, None]).sum(axis=0).astype(np.float64)
     present = counts > 0
     weights = np.ones(num_classes, dtype=np.float64)
     if present.any():
