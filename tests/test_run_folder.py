@@ -143,7 +143,9 @@ class Slow:  # a file that stalls mid-write, so that Ctrl-C lands inside torch's
             half = len(b) // 2
             self.f.write(bytes(b)[:half])  # the disk has taken half of it...
             flag.write_text("writing")
-            time.sleep(3)  # ...when Ctrl-C comes
+            deadline = time.time() + 60  # ...when Ctrl-C comes: the test says when it is sent,
+            while flag.read_text() != "sent" and time.time() < deadline:  # however busy the
+                time.sleep(0.05)  # host, so the signal cannot miss the write
             return half + self.f.write(bytes(b)[half:])
         return self.f.write(b)
     def __getattr__(self, name): return getattr(self.f, name)
@@ -175,6 +177,7 @@ def test_ctrl_c_during_a_checkpoint_write_exits_130_with_the_checkpoint_intact(d
         time.sleep(0.05)
     assert flag.read_text() == "writing", "the checkpoint write never started"
     proc.send_signal(signal.SIGINT)
+    flag.write_text("sent")
     err = proc.communicate(timeout=120)[1]
     assert proc.returncode == 130, err[-2000:]
     assert "fcnseg: interrupted" in err and f"--resume --out {out}" in err
