@@ -132,7 +132,10 @@ def test_a_bad_validation_mask_fails_before_training(tmp_path, capsys):
 
 
 SLOW_WRITER = """
-import pathlib, sys, time, torch
+import pathlib, signal, sys, time, torch
+# Ctrl-C as in a terminal: a shell that starts the test run in the background (`cmd &`)
+# leaves SIGINT ignored, and Python keeps an inherited SIG_IGN
+signal.signal(signal.SIGINT, signal.default_int_handler)
 flag = pathlib.Path(sys.argv[1])
 real_save = torch.save
 
