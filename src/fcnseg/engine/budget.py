@@ -30,7 +30,7 @@ from ..errors import FcnsegError
 from ..fileio import atomic_write_text
 from ..viz import plot_training_curves
 from .checkpoint import save_checkpoint
-from .distributed import all_reduce_sum
+from .distributed import main_rank_int
 
 UNITS = {"s": 1.0, "m": 60.0, "min": 60.0, "h": 3600.0}
 # Share of the budget left for what the plan cannot time: data loading stalls, checkpoint
@@ -141,8 +141,7 @@ def plan_run(config: Any, model: torch.nn.Module, loss_fn: Callable, train_ds: A
     overhead_s = _epoch_overhead(model, run_dir, config) if info.is_main else 0.0
     plan = plan_epochs(config.time_budget, elapsed_s, step_s, steps_per_epoch, validation_s,
                        config.val_every, overhead_s)
-    epochs = torch.tensor([plan["epochs"] if info.is_main else 0], device=device)
-    plan["epochs"] = int(all_reduce_sum(epochs, info).item())
+    plan["epochs"] = main_rank_int(plan["epochs"], info)
     return plan
 
 

@@ -102,6 +102,12 @@ def all_reduce_sum(tensor: torch.Tensor, info: DistInfo | None = None) -> torch.
     return tensor
 
 
+def main_rank_int(value: int, info: DistInfo) -> int:
+    """Rank 0's ``value`` on every rank: one decision (a plan's epochs) that all follow."""
+    mine = torch.tensor([value if info.is_main else 0], device=info.device)
+    return int(all_reduce_sum(mine, info).item())
+
+
 def per_rank_batch(batch_size: int, num_samples: int, info: DistInfo) -> int:
     """Split the *global* ``batch_size`` over ranks; clear errors when it cannot be done.
 

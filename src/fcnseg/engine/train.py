@@ -30,6 +30,7 @@ from .distributed import (
     all_reduce_sum,
     barrier,
     cleanup_distributed,
+    main_rank_int,
     setup_distributed,
     sync_buffers,
 )
@@ -158,9 +159,7 @@ def _keep_to_budget(run: Run, epoch_ends: list[float]) -> None:
     window = min(len(epoch_ends) - 1, max(3, run.config.val_every))
     epoch_s = (epoch_ends[-1] - epoch_ends[-1 - window]) / window
     epochs = replan_epochs(plan, run.elapsed(), run.state.epoch, plan["epochs"], epoch_s)
-    # Every rank follows rank 0's decision.
-    epochs = int(all_reduce_sum(torch.tensor([epochs if run.info.is_main else 0],
-                                             device=run.device), run.info).item())
+    epochs = main_rank_int(epochs, run.info)
     if epochs == plan["epochs"]:
         return
     _say(run, f"time budget: epochs take {epoch_s:.0f} s, not the {plan['seconds_per_epoch']:.0f}"
