@@ -206,7 +206,11 @@ def _post(url: str, data: bytes) -> tuple[int, bytes]:
 
 
 @pytest.mark.slow
-def test_a_real_server_drains_on_sigterm(ckpt):
+def test_a_real_server_drains_on_sigterm(tmp_path):
+    # ResNet-18, not the tiny backbone: the big request must still be in flight a second
+    # after it was sent (with the tiny one it can finish first and the server stops at once)
+    ckpt = make_checkpoint(tmp_path / "resnet18.pt", NAMES, PALETTE, model="fcn8s",
+                           backbone="resnet18")
     port = _free_port()
     proc = subprocess.Popen([sys.executable, "-m", "fcnseg", "serve", "--checkpoint", str(ckpt),
                              "--port", str(port), "--precision", "fp32"],
