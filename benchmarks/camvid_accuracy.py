@@ -5,12 +5,16 @@ train split of ``../shared/data/camvid`` and are evaluated with ``fcnseg evaluat
 val images. Each recipe gets the same budget: the script times a few training steps of the
 recipe (``fcnseg train --time-budget``, which sets the number of epochs that fits the
 budget: the lr schedule spans exactly those epochs) and ``fcnseg evaluate`` as a user would.
-``--holdout 0006R0`` trains on the other drives and scores the model on that whole drive.
+``--folds val 0006R0`` trains each recipe twice: on SegNet's train split, scored on its val
+(neighbouring frames of the drive that gives most of train), and on the drives other than
+0006R0, scored on every frame of that unseen drive (``--holdout 0006R0`` = ``--folds 0006R0``).
 
     python benchmarks/camvid_accuracy.py --budget-minutes 60 --json benchmarks/out/camvid.json
 
-``--parallel`` trains the recipes at the same time, one core each (``--threads 1``), so that
-two budgets fit in one wall-clock budget on this 2-core machine; the budget is then per core.
+``--parallel`` trains every run at the same time, one core each (``--threads 1``), so that
+two budgets fit in one wall-clock budget on this 2-core machine; the budget is then per core:
+
+    python benchmarks/camvid_accuracy.py --parallel --recipes fcnseg --folds val 0006R0
 """
 
 from __future__ import annotations
@@ -62,9 +66,15 @@ RECIPES: dict[str, list[str]] = {
 }
 
 
+def fold_flags(fold: str) -> list[str]:
+    """Data flags of a fold: SegNet's split for "val", else the drive held out of training."""
+    return [] if fold == "val" else ["--data-option", f"holdout={fold}"]
+
+
 def start_training(recipe: str, budget_s: float, out: Path, threads: int,
                    data: list[str]) -> subprocess.Popen:
     """``fcnseg train --time-budget``: the library times the step and plans the epochs."""
+    out.mkdir(parents=True, exist_ok=True)
     cmd = [sys.executable, "-m", "fcnseg", "train", *RECIPES[recipe], "--dataset", "camvid",
            "--data-dir", str(CAMVID), *data, "--time-budget", f"{budget_s:.0f}s",
            "--val-every", "5", "--out", str(out / recipe),
@@ -99,62 +109,80 @@ def score(recipe: str, out: Path, data: list[str]) -> dict:
     return scores
 
 
+def train_all(runs: list[tuple[str, str]], budget_s: float, out: Path, threads: int,
+              parallel: bool) -> dict[tuple[str, str], float]:
+    """Train every (fold, recipe), all at once with ``parallel``; their wall seconds."""
+    seconds = {}
+    for group in [runs] if parallel else [[run] for run in runs]:
+        start = time.perf_counter()
+        procs = {(fold, recipe): start_training(recipe, budget_s, out / fold, threads,
+                                                fold_flags(fold)) for fold, recipe in group}
+        while procs:  # poll, so that each run's own wall time is recorded
+            for run, proc in list(procs.items()):
+                if proc.poll() is None:
+                    continue
+                if proc.returncode != 0:
+                    fold, recipe = run
+                    sys.exit(f"training {recipe} failed: see {out / fold / recipe}.train.log")
+                seconds[run] = time.perf_counter() - start
+                del procs[run]
+            time.sleep(2)
+    return seconds
+
+
+def print_table(results: dict[str, dict[str, dict]]) -> None:
+    """Each run's epochs, minutes, pixel accuracy and mIoU (+ TTA), then per-class IoU."""
+    print(f"\n{'fold':<7} {'recipe':<15} {'epochs':>6} {'train min':>9} {'pix acc':>8} "
+          f"{'mIoU':>6} {'+TTA':>6} {'no avg':>6}")
+    for fold, recipes in results.items():
+        for recipe, r in recipes.items():
+            v = r["variants"]
+            no_average = f"{v['no_average']['miou']:6.4f}" if "no_average" in v else "     -"
+            print(f"{fold:<7} {recipe:<15} {r['epochs']:>6} {r['train_seconds'] / 60:9.1f} "
+                  f"{r['pixel_accuracy']:8.4f} {r['miou']:6.4f} {v['tta']['miou']:6.4f} "
+                  f"{no_average}")
+    for fold, recipes in results.items():
+        names = list(next(iter(recipes.values()))["per_class_iou"])
+        print(f"per-class IoU, {fold}: " + ", ".join(
+            f"{n} " + "/".join(f"{(recipes[r]['per_class_iou'][n] or 0):.2f}" for r in recipes)
+            for n in names))
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--budget-minutes", type=float, default=60.0)
     parser.add_argument("--recipes", nargs="+", default=list(RECIPES), choices=list(RECIPES))
     parser.add_argument("--parallel", action="store_true",
-                        help="train the recipes at once, --threads each")
+                        help="train every recipe and fold at once, --threads each")
     parser.add_argument("--threads", type=int, default=None,
                         help="torch threads per run (default: all cores, 1 with --parallel)")
     parser.add_argument("--out", type=Path, default=ROOT / "benchmarks" / "out" / "camvid")
     parser.add_argument("--json", type=Path, default=ROOT / "benchmarks" / "out" / "camvid.json")
+    parser.add_argument("--folds", nargs="+", default=None, metavar="FOLD",
+                        help="where each recipe is scored, one training run per fold: 'val' "
+                             "(SegNet's val split, frames of a drive that also gives most of "
+                             "train) or a drive held out of training (0006R0, 0001TP, 0016E5); "
+                             "default: val")
     parser.add_argument("--holdout", default=None, metavar="DRIVE",
-                        help="validate on a whole drive the model never saw (e.g. 0006R0)")
+                        help="the same as --folds DRIVE")
     args = parser.parse_args()
-    data = ["--data-option", f"holdout={args.holdout}"] if args.holdout else []
     if not CAMVID.is_dir():
         sys.exit(f"CamVid not found at {CAMVID}: this benchmark reads the shared copy")
+    folds = args.folds or [args.holdout or "val"]
     threads = args.threads or (1 if args.parallel else os.cpu_count() or 1)
-    args.out.mkdir(parents=True, exist_ok=True)
     budget = args.budget_minutes * 60
 
-    results, seconds = {}, {}
-    groups = [list(args.recipes)] if args.parallel else [[r] for r in args.recipes]
-    for group in groups:
-        start = time.perf_counter()
-        procs = {r: start_training(r, budget, args.out, threads, data) for r in group}
-        while procs:  # poll, so that each run's own wall time is recorded
-            for recipe, proc in list(procs.items()):
-                if proc.poll() is None:
-                    continue
-                if proc.returncode != 0:
-                    sys.exit(f"training {recipe} failed: see "
-                             f"{args.out / (recipe + '.train.log')}")
-                seconds[recipe] = time.perf_counter() - start
-                del procs[recipe]
-            time.sleep(2)
-    for recipe in args.recipes:
-        plan = json.loads((args.out / recipe / "plan.json").read_text())
-        scores = score(recipe, args.out, data)
-        results[recipe] = {**plan, "train_seconds": seconds[recipe], **scores["plain"],
-                           "variants": scores}
-
-    print(f"\n{'recipe':<10} {'epochs':>6} {'train min':>9} {'pix acc':>8} {'mIoU':>6} "
-          f"{'+TTA':>6} {'no avg':>6}")
-    for recipe, r in results.items():
-        v = r["variants"]
-        no_average = f"{v['no_average']['miou']:6.4f}" if "no_average" in v else "     -"
-        print(f"{recipe:<10} {r['epochs']:>6} {r['train_seconds'] / 60:9.1f} "
-              f"{r['pixel_accuracy']:8.4f} {r['miou']:6.4f} {v['tta']['miou']:6.4f} "
-              f"{no_average}")
-    names = list(next(iter(results.values()))["per_class_iou"])
-    print("per-class IoU: " + ", ".join(
-        f"{n} " + "/".join(f"{(results[r]['per_class_iou'][n] or 0):.2f}" for r in results)
-        for n in names))
+    runs = [(fold, recipe) for fold in folds for recipe in args.recipes]
+    seconds = train_all(runs, budget, args.out, threads, args.parallel)
+    results: dict[str, dict[str, dict]] = {fold: {} for fold in folds}
+    for fold, recipe in runs:
+        plan = json.loads((args.out / fold / recipe / "plan.json").read_text())
+        scores = score(recipe, args.out / fold, fold_flags(fold))
+        results[fold][recipe] = {**plan, "train_seconds": seconds[fold, recipe],
+                                 **scores["plain"], "variants": scores}
+    print_table(results)
     write_report(args.json, budget_minutes=args.budget_minutes, threads_per_run=threads,
-                 parallel=args.parallel, cores=os.cpu_count(), holdout=args.holdout,
-                 results=results)
+                 parallel=args.parallel, cores=os.cpu_count(), folds=folds, results=results)
     print(f"wrote {args.json}")
 
 
