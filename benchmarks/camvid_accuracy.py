@@ -161,13 +161,14 @@ def main() -> None:
                         help="torch threads per run (default: all cores, 1 with --parallel)")
     parser.add_argument("--out", type=Path, default=ROOT / "benchmarks" / "out" / "camvid")
     parser.add_argument("--json", type=Path, default=ROOT / "benchmarks" / "out" / "camvid.json")
-    parser.add_argument("--folds", nargs="+", default=None, metavar="FOLD",
-                        help="where each recipe is scored, one training run per fold: 'val' "
-                             "(SegNet's val split, frames of a drive that also gives most of "
-                             "train) or a drive held out of training (0006R0, 0001TP, 0016E5); "
-                             "default: val")
-    parser.add_argument("--holdout", default=None, metavar="DRIVE",
-                        help="the same as --folds DRIVE")
+    where = parser.add_mutually_exclusive_group()
+    where.add_argument("--folds", nargs="+", default=None, metavar="FOLD",
+                       help="where each recipe is scored, one training run per fold: 'val' "
+                            "(SegNet's val split, frames of a drive that also gives most of "
+                            "train) or a drive held out of training (0006R0, 0001TP, 0016E5); "
+                            "default: val")
+    where.add_argument("--holdout", default=None, metavar="DRIVE",
+                       help="the same as --folds DRIVE")
     args = parser.parse_args()
     if not CAMVID.is_dir():
         sys.exit(f"CamVid not found at {CAMVID}: this benchmark reads the shared copy")
