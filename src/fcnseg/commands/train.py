@@ -77,7 +77,9 @@ def add_parser(subparsers: Any, help_text: str) -> None:
     a.add_argument("--crop", type=int, nargs=2, metavar=("H", "W"))
     a.add_argument("--scale", type=float, nargs=2, metavar=("MIN", "MAX"))
     a.add_argument("--flip", action=_BOOL)
-    a.add_argument("--color-jitter", type=float)
+    a.add_argument("--color-jitter", type=float, metavar="AMOUNT",
+                   help="brightness, contrast and saturation each scaled by 1 +- AMOUNT "
+                        "(fcnseg recipe: 0.6, for footage in other light; d2l: 0)")
     a.add_argument("--class-balance", type=float, metavar="SHARE",
                    help="share of samples drawn class-uniformly: a class, an image that "
                         "shows it, a crop around one of its pixels (default 0)")
