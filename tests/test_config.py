@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import pytest
 
+from fcnseg.cli import main
 from fcnseg.engine.config import RECIPES, TrainConfig, load_toml, resolve_config, to_toml
 from fcnseg.errors import FcnsegError
 
@@ -25,6 +26,15 @@ def test_default_recipe_differs_from_d2l():
     d2l = resolve_config(recipe="d2l")
     assert (d2l.loss, d2l.boundary_weight) == ("ce", 0.0)  # the chapter's plain cross entropy
     assert set(RECIPES) >= {"d2l", "fcnseg"}
+    assert c.color_jitter > 0 and d2l.color_jitter == 0.0  # the chapter has no photometric aug
+
+
+def test_train_help_reads_each_recipes_values(capsys):
+    with pytest.raises(SystemExit):
+        main(["train", "--help"])
+    text = " ".join(capsys.readouterr().out.split())  # unwrap argparse's lines
+    assert f"(fcnseg: {TrainConfig.color_jitter:g}, d2l: 0)" in text
+    assert f"(fcnseg: {TrainConfig.boundary_weight:g}, d2l: 0)" in text
 
 
 def test_precedence_recipe_file_flags(tmp_path):

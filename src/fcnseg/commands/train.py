@@ -9,7 +9,7 @@ from __future__ import annotations
 import argparse
 from typing import Any
 
-from ..engine.config import CHOICES, DEFAULT_RECIPE, RECIPES
+from ..engine.config import CHOICES, DEFAULT_RECIPE, RECIPES, TrainConfig
 
 _BOOL = argparse.BooleanOptionalAction
 
@@ -28,6 +28,12 @@ def _one_of(key: str) -> str:
     """The valid values of a setting, from the registry that owns them."""
     *rest, last = CHOICES[key]
     return f"{', '.join(rest)} or {last}" if rest else last
+
+
+def _per_recipe(key: str) -> str:
+    """What each recipe sets a numeric setting to, read from the recipes themselves."""
+    default = getattr(TrainConfig, key)
+    return ", ".join(f"{name}: {RECIPES[name].get(key, default):g}" for name in RECIPES)
 
 
 def add_parser(subparsers: Any, help_text: str) -> None:
@@ -65,7 +71,7 @@ def add_parser(subparsers: Any, help_text: str) -> None:
                                   "fcnseg recipe's default, d2l: ce)")
     o.add_argument("--boundary-weight", type=float,
                    help="extra cross-entropy weight of pixels within 2 px of a label boundary "
-                        "(fcnseg recipe: 4, d2l: 0)")
+                        f"({_per_recipe('boundary_weight')})")
     o.add_argument("--ema", type=float, metavar="DECAY",
                    help="validate and save an exponential moving average of the weights "
                         "with this decay, e.g. 0.99 (default 0: the last weights)")
@@ -78,8 +84,8 @@ def add_parser(subparsers: Any, help_text: str) -> None:
     a.add_argument("--scale", type=float, nargs=2, metavar=("MIN", "MAX"))
     a.add_argument("--flip", action=_BOOL)
     a.add_argument("--color-jitter", type=float, metavar="AMOUNT",
-                   help="brightness, contrast and saturation each scaled by 1 +- AMOUNT "
-                        "(fcnseg recipe: 0.6, for footage in other light; d2l: 0)")
+                   help="brightness, contrast and saturation each scaled by 1 +- AMOUNT, "
+                        f"for footage in other light ({_per_recipe('color_jitter')})")
     a.add_argument("--class-balance", type=float, metavar="SHARE",
                    help="share of samples drawn class-uniformly: a class, an image that "
                         "shows it, a crop around one of its pixels (default 0)")
