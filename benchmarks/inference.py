@@ -1,6 +1,7 @@
 """CPU inference: the chapter's way against fcnseg's runtimes, on CamVid val at 360 x 480.
 
-One CamVid checkpoint (FCN-8s / ResNet-18) is exported once to ONNX fp32 and int8; then
+One CamVid checkpoint (fcnseg's recipe: FCN-8s / EfficientNet-Lite0) is exported once to
+ONNX fp32 and int8 (a configuration whose file cannot be made is reported, not fatal); then
 each configuration runs in its own process (its peak RSS is its own), configurations
 alternating over ``--rounds`` so that a noisy shared host slows them alike (medians kept):
 
@@ -129,18 +130,33 @@ def end_to_end(config: str, files: dict[str, str], data_dir: str, overlay: bool)
 
 
 def worker(args: list[str]) -> dict:
+    """One measurement in its own process; a failure is reported as the row's ``error``."""
     cmd = [sys.executable, __file__, "--worker", *args]
-    out = subprocess.run(cmd, check=True, capture_output=True, text=True)
+    out = subprocess.run(cmd, capture_output=True, text=True)
+    if out.returncode != 0:
+        lines = (out.stderr.strip() or "no output").splitlines()
+        return {"config": args[0], "batch": int(args[-1]), "error": lines[-1]}
     return json.loads(out.stdout.strip().splitlines()[-1])
 
 
-def export_models(checkpoint: str, out: Path, calibration_size: int) -> dict[str, str]:
+def export_models(checkpoint: str, out: Path, calibration_size: int) -> tuple[dict, dict]:
+    """``(files, errors)``: the checkpoint and its ONNX exports; an export that fails (e.g.
+    an int8 file that does not keep fp32's mIoU) is left out with its one-line reason."""
+    from fcnseg.errors import FcnsegError
     from fcnseg.inference.export import export_onnx
 
-    files = {"pt": checkpoint, "fp32": str(out / "model.onnx"), "int8": str(out / "int8.onnx")}
-    export_onnx(checkpoint, files["fp32"])
-    export_onnx(checkpoint, files["int8"], int8=True, calibration_size=calibration_size)
-    return files
+    files, errors = {"pt": checkpoint}, {}
+    for kind, int8 in (("fp32", False), ("int8", True)):
+        path = str(out / f"{'model' if kind == 'fp32' else kind}.onnx")
+        try:
+            report = export_onnx(checkpoint, path, int8=int8, calibration_size=calibration_size)
+            files[kind] = path
+            if report.quality:
+                print(f"int8 export: {json.dumps(report.quality)}", flush=True)
+        except FcnsegError as exc:
+            errors[kind] = str(exc)
+            print(f"export {kind} failed: {exc}", flush=True)
+    return files, errors
 
 
 def main() -> None:
@@ -170,13 +186,23 @@ def main() -> None:
     if not args.configs:
         args.configs = [c for c in CONFIGS if cpu_has_fast_bf16() or not c.endswith("bf16")]
     args.out.mkdir(parents=True, exist_ok=True)
-    files = export_models(args.checkpoint, args.out, args.calibration_size)
+    files, export_errors = export_models(args.checkpoint, args.out, args.calibration_size)
     runs: dict[tuple[str, int], list[dict]] = {}
+    failed: list[dict] = []
     for _ in range(args.rounds):
         for batch in args.batches:
             for config in args.configs:
+                kind = PLAN.get(config, ("pt",))[0]
+                if kind not in files:
+                    failed.append({"config": config, "batch": batch,
+                                   "error": f"no {kind} file: {export_errors[kind]}"})
+                    continue
                 r = worker([config, json.dumps(files), args.data_dir, str(args.limit),
                             str(batch)])
+                if "error" in r:
+                    failed.append(r)
+                    print(f"  {config:<11} batch {batch}: failed: {r['error']}", flush=True)
+                    continue
                 runs.setdefault((config, batch), []).append(r)
                 print(f"  {config:<11} batch {batch}: {r['images_per_s']:6.2f} img/s", flush=True)
     rows = []
@@ -186,6 +212,7 @@ def main() -> None:
             [r["images_per_s"] for r in results],
             "peak_rss_mib": max(r["peak_rss_mib"] for r in results)})
     base = {r["batch"]: r["images_per_s"] for r in rows if r["config"] == args.configs[0]}
+    rows = [r for r in rows if r["batch"] in base]  # the first config is the reference
     ref = {r["batch"]: r["miou"] for r in rows if r["config"] == "torch-fp32"}
     print(f"\n{'config':<11} {'batch':>5} {'img/s':>7} {'x ' + args.configs[0]:>8} "
           f"{'mIoU':>7} {'dmIoU':>7} {'RSS MiB':>8}")
@@ -197,8 +224,10 @@ def main() -> None:
         print(f"{r['config']:<11} {r['batch']:5d} {r['images_per_s']:7.2f} {r['speedup']:8.2f} "
               f"{r['miou'] if r['miou'] is not None else float('nan'):7.4f} "
               f"{d if d is not None else float('nan'):+7.4f} {r['peak_rss_mib']:8.0f}")
+    for f in {(f["config"], f["batch"]): f for f in failed}.values():
+        print(f"{f['config']:<11} {f['batch']:5d} not measured: {f['error']}")
     e2e = []
-    for config in args.e2e:
+    for config in [c for c in args.e2e if PLAN[c][0] in files]:
         for overlay in (True, False):
             r = end_to_end(config, files, args.data_dir, overlay)
             model_only = next(x["images_per_s"] for x in rows
@@ -215,7 +244,7 @@ def main() -> None:
     write_report(args.json, machine={"cpu": platform.processor() or platform.machine(),
                                      "cores": os.cpu_count(), "torch": torch.__version__,
                                      "fast_bf16": cpu_has_fast_bf16(), "flags": flags},
-                 rows=rows, end_to_end=e2e)
+                 rows=rows, failed=failed, export_errors=export_errors, end_to_end=e2e)
     print(f"CPU flags: {' '.join(flags) or 'none of avx2/avx512/amx'}; "
           f"fast bf16: {cpu_has_fast_bf16()}\nwrote {args.json}")
 

@@ -2,7 +2,8 @@
 
 The chapter's network is rebuilt here exactly as the book writes it (ResNet-18 without its
 pooling and fc layers, a 1x1 conv, ``ConvTranspose2d(C, C, 64, padding=16, stride=32)``) and
-run as the book runs it: fp32, NCHW. fcnseg runs its default recipe (FCN-8s, channels-last,
+run as the book runs it: fp32, NCHW. fcnseg runs its default recipe (FCN-8s on
+EfficientNet-Lite0, channels-last,
 the precision ``resolve_precision("auto")`` picks for this machine), with freed memory kept
 for reuse as the ``fcnseg`` command does (:mod:`fcnseg.allocator`); ``fcnseg-glibc`` is the
 same without that, to measure it. Every configuration runs
@@ -55,17 +56,17 @@ def build(config: str) -> tuple[nn.Module, torch.dtype, bool]:
     """(model, autocast dtype, channels_last) for a configuration name."""
     from fcnseg import build_model
     from fcnseg.device import resolve_precision
-    from fcnseg.engine.config import DEFAULT_RECIPE, RECIPES
+    from fcnseg.engine.config import resolve_config
 
     if config == "d2l":
         return chapter_model(), torch.float32, False
-    recipe = RECIPES[DEFAULT_RECIPE]
-    model = build_model(recipe["model"], NUM_CLASSES, backbone=recipe["backbone"])
+    recipe = resolve_config()  # fcnseg's recipe: its model, backbone and precision
+    model = build_model(recipe.model, NUM_CLASSES, backbone=recipe.backbone)
     if config in ("fcnseg", "fcnseg-glibc"):
-        dtype, _ = resolve_precision(torch.device("cpu"), recipe["precision"])
+        dtype, _ = resolve_precision(torch.device("cpu"), recipe.precision)
     else:  # "fcnseg-bf16": bf16 forced, to show what it does on this CPU
         dtype = torch.bfloat16
-    return model, dtype, recipe["channels_last"]
+    return model, dtype, recipe.channels_last
 
 
 def logits_of(model: nn.Module, x: torch.Tensor) -> torch.Tensor:

@@ -166,7 +166,8 @@ def test_pretrained_with_a_corrupt_cached_file(offline_hub):
 
 def test_weights_errors_are_user_errors():
     assert issubclass(WeightsError, FcnsegError)
-    assert set(BACKBONES) == {"resnet18", "resnet34", "resnet50", "resnet101", "tiny"}
+    assert set(BACKBONES) == {"resnet18", "resnet34", "resnet50", "resnet101", "tiny",
+                              "efficientnet_lite0", "efficientnet_lite1", "efficientnet_lite2"}
 
 
 def test_the_tiny_test_backbone_has_resnet_taps_and_no_imagenet_weights():

@@ -91,3 +91,17 @@ def test_resume_base_keeps_saved_values():
     saved = resolve_config({"seed": 9, "epochs": 2}).to_dict()
     c = resolve_config({"epochs": 4}, base=saved)
     assert c.seed == 9 and c.epochs == 4
+
+
+def test_the_recipe_fine_tunes_an_imagenet_lite0_and_d2l_stays_the_chapters():
+    c, d2l = resolve_config(), resolve_config(recipe="d2l")
+    assert (c.backbone, c.pretrained) == ("efficientnet_lite0", True)
+    assert (d2l.backbone, d2l.backbone_lr) == ("resnet18", 1.0)
+
+
+def test_a_run_saved_before_backbone_lr_resumes_with_one_lr():
+    saved = resolve_config({"backbone_lr": 0.1}).to_dict()
+    del saved["backbone_lr"]  # a config.toml / checkpoint written before the setting existed
+    assert resolve_config(base=saved).backbone_lr == 1.0
+    with pytest.raises(FcnsegError, match="--backbone-lr must be in"):
+        resolve_config({"backbone_lr": 2.0})

@@ -8,7 +8,7 @@ from torch import nn
 
 import fcnseg
 from fcnseg.errors import FcnsegError, UnknownNameError
-from fcnseg.models import FCN, MODELS, bilinear_kernel, build_model
+from fcnseg.models import BACKBONES, FCN, MODELS, bilinear_kernel, build_model
 
 
 def test_top_level_exports():
@@ -28,7 +28,10 @@ def test_320x480_gives_stride_32_features_and_full_resolution_scores():
     assert (model.num_classes, model.output_stride) == (21, 32)
 
 
-@pytest.mark.parametrize("backbone", ["resnet18", pytest.param("resnet50", marks=pytest.mark.slow)])
+@pytest.mark.parametrize("backbone", ["resnet18", "efficientnet_lite0",
+                                      pytest.param("efficientnet_lite1", marks=pytest.mark.slow),
+                                      pytest.param("efficientnet_lite2", marks=pytest.mark.slow),
+                                      pytest.param("resnet50", marks=pytest.mark.slow)])
 def test_375x500_for_every_variant(backbone):
     x = torch.rand(1, 3, 375, 500)
     for name, stride in MODELS.items():
@@ -38,6 +41,15 @@ def test_375x500_for_every_variant(backbone):
             out = model(x)["out"]
         assert out.shape == (1, 21, 375, 500)
         assert torch.isfinite(out).all()
+
+
+@pytest.mark.parametrize("backbone", list(BACKBONES))
+def test_every_backbone_and_variant_on_a_tiny_input(backbone):
+    for name in MODELS:
+        model = build_model(name, 3, backbone=backbone).eval()
+        with torch.no_grad():
+            out = model(torch.rand(1, 3, 33, 47))["out"]
+        assert out.shape == (1, 3, 33, 47) and torch.isfinite(out).all()
 
 
 @pytest.mark.parametrize("size", [(1, 1), (33, 47), (64, 96), (95, 31)])

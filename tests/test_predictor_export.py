@@ -215,9 +215,9 @@ def test_torchrun_two_processes_predict_each_file_once(trained, tmp_path):
     assert len(list((tmp_path / "out").glob("im*_overlay.png"))) == 7
 
 
-def test_the_readme_onnx_script_runs_without_fcnseg(trained, exported, tmp_path):
-    """The README's 10-line script, verbatim, with only onnxruntime, numpy and pillow."""
-    readme = (Path(__file__).resolve().parents[1] / "README.md").read_text()
+def test_the_documented_onnx_script_runs_without_fcnseg(trained, exported, tmp_path):
+    """docs/USAGE.md's 10-line script, verbatim, with only onnxruntime, numpy and pillow."""
+    readme = (Path(__file__).resolve().parents[1] / "docs" / "USAGE.md").read_text()
     block = readme.split("<!-- onnx-example -->")[1].split("<!-- /onnx-example -->")[0]
     code = block.split("```python\n")[1].split("```")[0]
     assert len(code.strip().splitlines()) <= 12

@@ -127,12 +127,45 @@ def test_api_key(predictor):
     assert raw(c, png(20, 20), key="s3cret").status_code == 200
 
 
+def test_a_non_ascii_api_key_is_a_401_and_refused_at_start_up(predictor, ckpt, capsys):
+    c = client(predictor, api_key="s3cret")
+    r = c.get("/v1/model", headers={"X-API-Key": "cl\xe9".encode("latin-1")})
+    assert r.status_code == 401
+    assert main(["serve", "--checkpoint", str(ckpt), "--api-key", "clé"]) == 2
+    err = capsys.readouterr().err.strip()
+    assert err.startswith("fcnseg: error:") and "printable ASCII" in err and "\n" not in err
+
+
+def test_an_eps_upload_never_reaches_ghostscript(predictor, tmp_path, monkeypatch):
+    calls = tmp_path / "gs-called"
+    fake = tmp_path / "bin" / "gs"
+    fake.parent.mkdir()
+    fake.write_text(f"#!/bin/sh\ntouch {calls}\nexit 1\n")
+    fake.chmod(0o755)
+    monkeypatch.setenv("PATH", f"{fake.parent}{os.pathsep}{os.environ['PATH']}")
+    eps = b"%!PS-Adobe-3.0 EPSF-3.0\n%%BoundingBox: 0 0 10 10\nshowpage\n"
+    r = raw(client(predictor), eps)
+    assert r.status_code == 415 and "PNG" in r.json()["error"]
+    path = tmp_path / "x.png"  # the CLI's image reader is the same one
+    path.write_bytes(eps)
+    assert main(["predict", "--checkpoint", str(predictor.source), str(path),
+                 "--out", str(tmp_path / "out")]) == 2
+    assert not calls.exists()
+
+
+def test_head_and_favicon_answer(predictor):
+    c = client(predictor)
+    assert c.head("/").status_code == 200
+    icon = c.get("/favicon.ico")
+    assert icon.status_code == 200 and icon.content.startswith(b"<svg")
+
+
 def test_bad_uploads_get_json_errors(predictor, monkeypatch):
     c = client(predictor, max_pixels=50_000, max_upload_mb=0.5)
     good = png(30, 40)
     cases = [
         (raw(c, b"hello", kind="text/plain"), 415, "content type"),
-        (raw(c, b"hello there, not a png"), 415, "not an image"),
+        (raw(c, b"hello there, not a png"), 415, "not a PNG"),
         (raw(c, good[: len(good) // 2]), 400, "truncated"),
         (raw(c, b""), 400, "empty"),
         (raw(c, png(300, 300)), 413, "pixels"),  # 90000 > 50000
@@ -183,11 +216,67 @@ def test_an_abandoned_request_does_not_use_the_model(predictor):
         async def is_disconnected(self):
             return True
 
+        async def receive(self):
+            return {"type": "http.disconnect"}
+
     calls = []
     gate = Gate(ServeSettings())
     with pytest.raises(ApiError) as err:
         asyncio.run(gate.run(Gone(), lambda: calls.append(1)))
     assert err.value.status == 499 and calls == []
+
+
+def _asgi_post(app, chunks: list[bytes], pause: float, size: int | None = None):
+    """A POST to /v1/segment straight through ASGI, its body sent in ``chunks`` with
+    ``pause`` seconds before each; a ``None`` chunk is the client leaving. The status."""
+    import asyncio
+
+    size = sum(len(c) for c in chunks if c) if size is None else size
+    scope = {"type": "http", "method": "POST", "path": "/v1/segment", "raw_path": b"/v1/segment",
+             "query_string": b"", "root_path": "", "http_version": "1.1", "scheme": "http",
+             "server": ("test", 80), "client": ("client", 1),
+             "headers": [(b"content-type", b"image/png"),
+                         (b"content-length", str(size).encode())]}
+    pending, sent = list(chunks), []
+
+    async def receive():
+        if not pending:
+            await asyncio.sleep(3600)
+        await asyncio.sleep(pause)
+        chunk = pending.pop(0)
+        if chunk is None:
+            return {"type": "http.disconnect"}
+        return {"type": "http.request", "body": chunk, "more_body": bool(pending)}
+
+    async def send(message):
+        sent.append(message)
+
+    async def call():
+        await app(scope, receive, send)
+        return next(m["status"] for m in sent if m["type"] == "http.response.start")
+
+    return call()
+
+
+def test_slow_uploads_hold_no_queue_place_and_time_out(predictor, caplog):
+    import asyncio
+
+    app = create_app(predictor, ServeSettings(concurrency=1, queue=0, body_timeout_s=1.0))
+    image = png(20, 20)
+
+    async def scenario():
+        slow = [asyncio.ensure_future(_asgi_post(app, [image[:1], image[1:]], 5.0))
+                for _ in range(3)]  # 1 byte, then nothing for 5 s
+        await asyncio.sleep(0.2)
+        fast = await _asgi_post(app, [image], 0.0)
+        left = await _asgi_post(app, [image[:10], None], 0.05, size=len(image))
+        return fast, left, await asyncio.gather(*slow)
+
+    fast, left, slow = asyncio.run(scenario())
+    assert fast == 200  # the slow uploaders did not take the only place
+    assert slow == [408, 408, 408]
+    assert left == 499
+    assert "Traceback" not in caplog.text and "ClientDisconnect" not in caplog.text
 
 
 def _free_port() -> int:
@@ -205,10 +294,9 @@ def _post(url: str, data: bytes) -> tuple[int, bytes]:
         return e.code, e.read()
 
 
-@pytest.mark.slow
-def test_a_real_server_drains_on_sigterm(tmp_path):
-    # ResNet-18, not the tiny backbone: the big request must still be in flight a second
-    # after it was sent (with the tiny one it can finish first and the server stops at once)
+def _start_server(tmp_path) -> tuple[subprocess.Popen, str]:
+    """A real `fcnseg serve` process, ready. ResNet-18, not the tiny backbone: a big request
+    must still be in flight a second after it was sent."""
     ckpt = make_checkpoint(tmp_path / "resnet18.pt", NAMES, PALETTE, model="fcn8s",
                            backbone="resnet18")
     port = _free_port()
@@ -216,15 +304,38 @@ def test_a_real_server_drains_on_sigterm(tmp_path):
                              "--port", str(port), "--precision", "fp32"],
                             stderr=subprocess.PIPE, text=True)
     base = f"http://127.0.0.1:{port}"
+    deadline = time.time() + 120
+    while time.time() < deadline:
+        try:
+            with urllib.request.urlopen(base + "/ready", timeout=2) as r:
+                if r.status == 200:
+                    break
+        except OSError:
+            time.sleep(0.2)
+    return proc, base
+
+
+@pytest.mark.slow
+def test_a_second_sigterm_exits_at_once(tmp_path):
+    proc, base = _start_server(tmp_path)
     try:
-        deadline = time.time() + 120
-        while time.time() < deadline:
-            try:
-                with urllib.request.urlopen(base + "/ready", timeout=2) as r:
-                    if r.status == 200:
-                        break
-            except OSError:
-                time.sleep(0.2)
+        threading.Thread(target=lambda: _post(base + "/v1/segment?mode=slide&flip=true",
+                                              png(1200, 1600)), daemon=True).start()
+        time.sleep(1.0)  # the big image is in the model now
+        proc.send_signal(signal.SIGTERM)
+        time.sleep(0.3)
+        proc.send_signal(signal.SIGTERM)
+        # 128 + SIGTERM is the immediate exit's status; a drain would end by -SIGTERM
+        assert proc.wait(timeout=60) == 128 + signal.SIGTERM
+    finally:
+        proc.kill()
+
+
+@pytest.mark.slow
+def test_a_real_server_drains_on_sigterm(tmp_path):
+    proc, base = _start_server(tmp_path)
+    port = base.rsplit(":", 1)[1]
+    try:
         results = {}
         slow = threading.Thread(target=lambda: results.update(
             a=_post(base + "/v1/segment?mode=slide&flip=true", png(1200, 1600))))
@@ -242,6 +353,31 @@ def test_a_real_server_drains_on_sigterm(tmp_path):
         assert proc.wait(timeout=60) == -signal.SIGTERM
         err = proc.stderr.read()
         assert f"on http://127.0.0.1:{port}/" in err and "Traceback" not in err
+    finally:
+        proc.kill()
+
+
+@pytest.mark.slow
+def test_a_slow_loris_connection_is_closed_after_the_header_timeout():
+    port = _free_port()
+    script = ("from fastapi import FastAPI\nfrom fcnseg.serve.server import run_server\n"
+              "app = FastAPI()\napp.get('/')(lambda: {'ok': True})\n"
+              "class Gate:\n    draining = False\n    admitted = 0\n"
+              f"app.state.gate = Gate()\nrun_server(app, '127.0.0.1', {port}, "
+              "header_timeout=0.5)\n")
+    proc = subprocess.Popen([sys.executable, "-c", script], stderr=subprocess.PIPE, text=True)
+    try:
+        deadline = time.time() + 60
+        while time.time() < deadline:
+            try:
+                with urllib.request.urlopen(f"http://127.0.0.1:{port}/", timeout=2) as r:
+                    assert json.loads(r.read()) == {"ok": True}
+                    break
+            except OSError:
+                time.sleep(0.2)
+        with socket.create_connection(("127.0.0.1", port), timeout=30) as loris:
+            loris.sendall(b"GET / HTTP/1.1\r\nHost: x\r\n")  # and never the end
+            assert loris.recv(1024) == b""  # closed by the server, not by our timeout
     finally:
         proc.kill()
 

@@ -1,4 +1,6 @@
-"""fcnseg serve in a real browser: Debian's Chromium, headless, drives the web page."""
+"""fcnseg serve in a real browser: Debian's Chromium, headless, drives the web page through
+its states: empty, a key prompt and the retry, a result, an error, a new upload over an old
+one; a screenshot of each lands in the test's folder (FCNSEG_SCREENSHOTS=DIR keeps them)."""
 
 from __future__ import annotations
 
@@ -20,6 +22,7 @@ from conftest import CAMVID, make_checkpoint
 from fcnseg.data.camvid import camvid_meta
 
 CHROMIUM, DRIVER = "/usr/bin/chromium", "/usr/bin/chromedriver"
+KEY = "browser-key"
 
 
 def _need(what: str, ok: bool) -> None:
@@ -31,6 +34,7 @@ def _need(what: str, ok: bool) -> None:
 
 @pytest.fixture(scope="module")
 def server(tmp_path_factory):
+    """A real `fcnseg serve` of a CamVid-class model that asks for an API key."""
     pytest.importorskip("fastapi")
     meta = camvid_meta()
     ckpt = make_checkpoint(tmp_path_factory.mktemp("browser") / "camvid.pt",
@@ -39,7 +43,8 @@ def server(tmp_path_factory):
         s.bind(("127.0.0.1", 0))
         port = s.getsockname()[1]
     proc = subprocess.Popen([sys.executable, "-m", "fcnseg", "serve", "--checkpoint",
-                             str(ckpt), "--port", str(port)], stderr=subprocess.DEVNULL)
+                             str(ckpt), "--port", str(port), "--api-key", KEY],
+                            stderr=subprocess.DEVNULL)
     base = f"http://127.0.0.1:{port}"
     deadline = time.time() + 120
     while time.time() < deadline:
@@ -53,16 +58,10 @@ def server(tmp_path_factory):
     proc.wait(timeout=60)
 
 
-@pytest.mark.slow
-def test_upload_a_camvid_image_and_read_the_overlay_and_legend(server, tmp_path):
+@pytest.fixture
+def browser(tmp_path):
     _need("Chromium", Path(CHROMIUM).exists() and Path(DRIVER).exists())
-    _need("the shared CamVid data", (CAMVID / "val").is_dir())
     webdriver = pytest.importorskip("selenium.webdriver")
-    from selenium.webdriver.common.by import By
-    from selenium.webdriver.support.ui import WebDriverWait
-
-    base, meta = server
-    image = sorted((CAMVID / "val").glob("*.png"))[0]
     options = webdriver.ChromeOptions()
     options.binary_location = CHROMIUM
     for flag in ("--headless", "--no-sandbox", "--disable-gpu", "--no-first-run",
@@ -71,30 +70,94 @@ def test_upload_a_camvid_image_and_read_the_overlay_and_legend(server, tmp_path)
                  f"--user-data-dir={tmp_path / 'profile'}"):
         options.add_argument(flag)
     driver = webdriver.Chrome(service=webdriver.ChromeService(DRIVER), options=options)
-    try:
-        driver.get(base + "/")
-        WebDriverWait(driver, 30).until(
-            lambda d: "classes" in d.find_element(By.ID, "model").text)
+    yield driver
+    driver.quit()
+
+
+@pytest.mark.slow
+def test_the_page_through_its_states(server, browser, tmp_path):
+    _need("the shared CamVid data", (CAMVID / "val").is_dir())
+    from selenium.webdriver.common.by import By
+    from selenium.webdriver.support.ui import WebDriverWait
+
+    base, meta = server
+    driver = browser
+    first, second = sorted((CAMVID / "val").glob("*.png"))[:2]
+    small = tmp_path / "small.png"  # a new upload of another size over the first result
+    Image.open(second).resize((240, 180)).save(small)
+    broken = tmp_path / "broken.png"
+    broken.write_bytes(b"this is not a picture")
+    shown = lambda i: driver.find_element(By.ID, i).is_displayed()  # noqa: E731
+    status = lambda: driver.find_element(By.ID, "status").text  # noqa: E731
+
+    def shot(name: str) -> None:
+        path = tmp_path / f"{name}.png"
+        driver.save_screenshot(str(path))
+        assert Image.open(path).size[0] > 600
+        if os.environ.get("FCNSEG_SCREENSHOTS"):
+            shutil.copy(path, Path(os.environ["FCNSEG_SCREENSHOTS"]) / path.name)
+
+    def choose(path: Path) -> None:
         upload = driver.find_element(By.ID, "file")
         driver.execute_script("arguments[0].hidden = false", upload)
-        upload.send_keys(str(image))
+        upload.send_keys(str(path))
         driver.execute_script("arguments[0].hidden = true", upload)
+
+    def result_for(width: int, height: int) -> None:
         WebDriverWait(driver, 120).until(
             lambda d: d.find_element(By.ID, "overlay").get_attribute("data-ready") == "1")
-        rows = [li.text.splitlines() for li in
-                driver.find_elements(By.CSS_SELECTOR, "#legend li")]  # [name, "12.3 %"]
-        assert rows and all(name in meta.class_names for name, _ in rows)
-        shares = [float(share.split()[0]) for _, share in rows]
-        assert abs(sum(shares) - 100) < 0.5 and shares == sorted(shares, reverse=True)
-        canvas = driver.find_element(By.ID, "overlay")
-        assert driver.execute_script("return [arguments[0].width, arguments[0].height]",
-                                     canvas) == [480, 360]
-        href = driver.find_element(By.ID, "download").get_attribute("href")
-        mask = Image.open(io.BytesIO(base64.b64decode(href.split(",", 1)[1])))
-        assert mask.size == (480, 360) and mask.mode == "P"
-        driver.save_screenshot(str(tmp_path / "page.png"))
-        assert Image.open(tmp_path / "page.png").size[0] > 600
-        if os.environ.get("FCNSEG_SCREENSHOT"):  # for the README: keep a copy
-            shutil.copy(tmp_path / "page.png", os.environ["FCNSEG_SCREENSHOT"])
-    finally:
-        driver.quit()
+        size = driver.execute_script("return [arguments[0].width, arguments[0].height]",
+                                     driver.find_element(By.ID, "overlay"))
+        assert size == [width, height]
+        assert all(shown(i) for i in ("legend", "download", "opacity"))
+
+    # empty: the drop zone and the key prompt; no result, legend, download or slider
+    driver.get(base + "/")
+    WebDriverWait(driver, 30).until(
+        lambda d: "API key" in d.find_element(By.ID, "model").text)
+    assert shown("key-row") and not any(shown(i) for i in ("result", "legend", "download",
+                                                              "opacity", "original"))
+    shot("1-empty")
+    # an upload without the key: an error, still no result; the key, then the retry
+    choose(first)
+    WebDriverWait(driver, 30).until(lambda d: "X-API-Key" in status())
+    assert not shown("result")
+    key = driver.find_element(By.ID, "key")
+    key.send_keys(KEY)
+    driver.execute_script("arguments[0].dispatchEvent(new Event('change'))", key)
+    result_for(480, 360)
+    rows = [li.text.splitlines() for li in driver.find_elements(By.CSS_SELECTOR, "#legend li")]
+    assert rows and all(name in meta.class_names for name, _ in rows)
+    shares = [float(share.split()[0]) for _, share in rows]
+    assert abs(sum(shares) - 100) < 0.5 and shares == sorted(shares, reverse=True)
+    href = driver.find_element(By.ID, "download").get_attribute("href")
+    mask = Image.open(io.BytesIO(base64.b64decode(href.split(",", 1)[1])))
+    assert mask.size == (480, 360) and mask.mode == "P"
+    shot("2-result")
+    # an error after a result: the message alone, nothing stale beside it
+    choose(broken)
+    WebDriverWait(driver, 30).until(lambda d: "not a PNG" in status())
+    assert not any(shown(i) for i in ("result", "legend", "download", "original"))
+    shot("3-error")
+    # the same file again is a new upload; then a smaller image over that result
+    choose(first)
+    result_for(480, 360)
+    choose(small)
+    result_for(240, 180)
+    assert "240 x 180" in status()
+    shot("4-new-upload")
+    # the background class is left transparent: the photo shows through it
+    alphas = driver.execute_async_script("""
+        const done = arguments[arguments.length - 1];
+        const c = document.createElement('canvas'); c.width = 2; c.height = 1;
+        const x = c.getContext('2d');
+        x.fillStyle = 'rgb(0,0,0)'; x.fillRect(0, 0, 1, 1);
+        x.fillStyle = 'rgb(200,30,30)'; x.fillRect(1, 0, 1, 1);
+        const img = new Image();
+        img.onload = () => {
+          clearColours = ['0,0,0'];
+          const d = transparentBackground(img).getContext('2d').getImageData(0, 0, 2, 1).data;
+          done([d[3], d[7]]);
+        };
+        img.src = c.toDataURL();""")
+    assert alphas == [0, 255]

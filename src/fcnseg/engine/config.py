@@ -20,7 +20,7 @@ from typing import Any
 from ..data import DATASETS
 from ..device import PRECISIONS
 from ..errors import FcnsegError
-from ..models import MODELS, UPSAMPLE_INITS
+from ..models import BACKBONES, MODELS, UPSAMPLE_INITS
 from .losses import LOSSES
 from .optim import CLASS_WEIGHTS, OPTIMIZERS, SCHEDULES
 
@@ -32,7 +32,8 @@ else:  # pragma: no cover - Python 3.10
 # Valid values of the enumerated options, from the registries that own them; checked by
 # TrainConfig.validate() and listed by `fcnseg train --help`.
 CHOICES: dict[str, tuple[str, ...]] = {
-    "dataset": tuple(DATASETS), "model": tuple(MODELS), "optimizer": OPTIMIZERS,
+    "dataset": tuple(DATASETS), "model": tuple(MODELS), "backbone": tuple(BACKBONES),
+    "optimizer": OPTIMIZERS,
     "schedule": SCHEDULES, "upsample_init": UPSAMPLE_INITS, "class_weights": CLASS_WEIGHTS,
     "loss": LOSSES, "precision": PRECISIONS,
 }
@@ -41,17 +42,20 @@ CHOICES: dict[str, tuple[str, ...]] = {
 RECIPES: dict[str, dict[str, Any]] = {
     "fcnseg": {},
     # The D2L chapter: ResNet-18 FCN-32s, bilinear-initialised transposed conv, plain SGD
+    # at one lr for the whole net
     # (d2l.train_ch13 uses torch.optim.SGD without momentum), constant lr, random 320x480
     # crops only, cross entropy, run in fp32 with the default NCHW memory layout.
     "d2l": {
-        "model": "fcn32s", "optimizer": "sgd", "lr": 0.001, "weight_decay": 1e-3,
-        "momentum": 0.0, "batch_size": 32, "epochs": 5, "crop": [320, 480],
-        "scale": [1.0, 1.0], "flip": False, "color_jitter": 0.0, "schedule": "constant",
-        "warmup_iters": 0, "loss": "ce", "boundary_weight": 0.0, "ema": 0.0,
-        "channels_last": False, "precision": "fp32",
+        "model": "fcn32s", "backbone": "resnet18", "optimizer": "sgd", "lr": 0.001,
+        "backbone_lr": 1.0, "weight_decay": 1e-3, "momentum": 0.0, "batch_size": 32,
+        "epochs": 5, "crop": [320, 480], "scale": [1.0, 1.0], "flip": False,
+        "color_jitter": 0.0, "schedule": "constant", "warmup_iters": 0, "loss": "ce",
+        "boundary_weight": 0.0, "ema": 0.0, "channels_last": False, "precision": "fp32",
     },
 }
 DEFAULT_RECIPE = "fcnseg"
+# Settings added after the first release, with the value that runs saved before them used.
+SINCE: dict[str, Any] = {"backbone_lr": 1.0}
 
 
 @dataclass
@@ -70,9 +74,9 @@ class TrainConfig:
     data_options: dict[str, Any] = field(default_factory=dict)  # extra build_dataset kwargs
     limit_train: int = 0  # use only the first N training images (0: all); for tests
     limit_val: int = 0
-    # model: FCN-8s (the paper's best skip fusion) on ResNet-18
+    # model: FCN-8s (the paper's best skip fusion) on an ImageNet EfficientNet-Lite0
     model: str = "fcn8s"
-    backbone: str = "resnet18"
+    backbone: str = "efficientnet_lite0"
     pretrained: bool = True
     backbone_weights: str | None = None
     upsample_init: str = "bilinear"
@@ -82,6 +86,7 @@ class TrainConfig:
     epochs: int = 30
     batch_size: int = 8  # global batch: each of N DDP processes gets batch_size / N
     lr: float = 2e-3
+    backbone_lr: float = 1.0  # the backbone's lr as a multiple of lr (1: one lr for all)
     weight_decay: float = 1e-4
     momentum: float = 0.9
     optimizer: str = "adamw"
@@ -167,6 +172,9 @@ class TrainConfig:
             raise FcnsegError(f"--log-every must be >= 1, got {self.log_every}")
         if not (self.lr > 0):
             raise FcnsegError(f"--lr must be > 0, got {self.lr}")
+        if not (0 <= self.backbone_lr <= 1):
+            raise FcnsegError(f"--backbone-lr must be in [0, 1] (a multiple of --lr), got "
+                              f"{self.backbone_lr}")
         if not (0 <= self.ema < 1):
             raise FcnsegError(f"--ema must be in [0, 1) (0: no weight average), got {self.ema}")
         if not (self.boundary_weight >= 0):
@@ -257,6 +265,8 @@ def resolve_config(
     file_values = load_toml(config_file) if config_file else {}
     file_values = {k.replace("-", "_"): v for k, v in file_values.items()}
     if base is not None:  # resuming: the saved config is the starting point
+        # Settings added since a run was saved take the value that run trained with.
+        base = {**SINCE, **base}
         return TrainConfig.from_dict(base).updated(file_values, str(config_file)).updated(
             overrides, "command line")
     name = recipe or overrides.get("recipe") or file_values.get("recipe") or DEFAULT_RECIPE

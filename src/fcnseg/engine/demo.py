@@ -68,7 +68,7 @@ def run_demo(out: str | Path = "fcnseg-demo", epochs: int = DEMO_SETTINGS["epoch
     model = result.model.eval()
 
     dtype, _ = resolve_precision(next(model.parameters()).device, config.precision)
-    predictor = Predictor.from_model(model, val.meta, dtype, **DEMO_INFERENCE)
+    predictor = Predictor.from_model(model, result.meta, dtype, **DEMO_INFERENCE)
     # fit() validated the last epoch on the same whole images in a single pass: keep that,
     # and score the demo's prediction mode, which averages each image with its mirror.
     batch = config.batch_size  # the validation images all have one size: batch them

@@ -16,6 +16,7 @@ That is what makes ``--resume`` exact, with or without worker processes and DDP:
 
 from __future__ import annotations
 
+import dataclasses
 import random
 from collections.abc import Callable, Iterator
 from concurrent.futures import ThreadPoolExecutor
@@ -29,6 +30,7 @@ from torch.utils.data import Dataset, DistributedSampler
 from ..data import build_dataset
 from ..data.transforms import train_transform
 from ..errors import DataError
+from ..models.backbones import normalization
 
 
 def sample_seed(seed: int, epoch: int, index: int) -> int:
@@ -170,7 +172,10 @@ def build_train_val_data(config: Any) -> tuple[Any, AugmentedDataset, Any]:
     Empty splits are a :class:`DataError` naming the split and the flag to change.
     """
     base = build_dataset(config.dataset, config.data_dir, config.split, **config.data_options)
-    meta = base.meta
+    # The pixels are normalised as the backbone's ImageNet weights expect; the checkpoint's
+    # meta carries it to every runtime.
+    mean, std = normalization(config.backbone)
+    meta = dataclasses.replace(base.meta, mean=mean, std=std)
     n = len(base) if not config.limit_train else min(len(base), config.limit_train)
     if n == 0:
         raise DataError(f"the {config.split!r} split of {config.dataset} data in "

@@ -19,6 +19,7 @@ from typing import Any
 import torch
 from tqdm import tqdm
 
+from ..data import DatasetMeta
 from ..device import autocast
 from ..fileio import atomic_write_text
 from ..inference import Predictor
@@ -52,6 +53,7 @@ class TrainResult:
     epoch: int
     step: int
     model: torch.nn.Module  # the predicting model (the weight average when there is one)
+    meta: DatasetMeta  # its classes and input normalisation, as its checkpoints carry them
 
 
 def train(overrides: dict[str, Any], config_file: str | None = None, recipe: str | None = None,
@@ -147,7 +149,7 @@ def _train(run: Run) -> TrainResult:
             break
     barrier(run.info)
     return TrainResult(run.run_dir, state.history, state.best_miou, metrics, state.epoch,
-                       state.step, run.predicting_model)
+                       state.step, run.predicting_model, run.meta)
 
 
 def _keep_to_budget(run: Run, epoch_ends: list[float]) -> None:
@@ -194,7 +196,7 @@ def train_one_epoch(run: Run) -> None:
         if not math.isfinite(value):
             raise DivergedError(
                 f"loss became {value} at epoch {state.epoch + 1}, iteration "
-                f"{state.iteration + 1} (lr {run.optimizer.param_groups[0]['lr']:.3g}); "
+                f"{state.iteration + 1} (lr {run.optimizer.param_groups[-1]['lr']:.3g}); "
                 "stopped, the last good checkpoint is kept: lower --lr or add --warmup-iters")
         run.optimizer.zero_grad(set_to_none=True)
         run.scaler.scale(loss).backward()
@@ -242,7 +244,7 @@ def _finish_epoch(run: Run) -> dict[str, Any]:
     """Close the epoch in the state; its history row (validation figures come later)."""
     state = run.state
     row = {"epoch": state.epoch + 1, "train_loss": state.loss_sum / max(1, state.loss_steps),
-           "lr": run.optimizer.param_groups[0]["lr"],
+           "lr": run.optimizer.param_groups[-1]["lr"],
            "images_per_s": state.images / max(state.seconds, 1e-9), "seconds": state.seconds}
     state.history.append(row)
     state.epoch, state.iteration = state.epoch + 1, 0

