@@ -35,11 +35,11 @@ CAMVID = ROOT.parent / "shared" / "data" / "camvid"
 
 # Settings changed on top of the fcnseg recipe, passed to `fcnseg train` as flags.
 # fcnseg-scratch is fcnseg's recipe as it was before ImageNet weights could be had offline:
-# ResNet-18 from random weights, one lr for the whole net. fcnseg-onelr fine-tunes the
-# ImageNet body at the new layers' lr; fcnseg-lite1 / -lite2 are the larger Lite bodies.
+# ResNet-18 from random weights. fcnseg-bodylr fine-tunes the ImageNet body at a tenth of
+# the new layers' lr; fcnseg-lite1 / -lite2 are the larger Lite bodies.
 OVERRIDES: dict[str, dict] = {
-    "fcnseg-scratch": {"backbone": "resnet18", "pretrained": False, "backbone_lr": 1.0},
-    "fcnseg-onelr": {"backbone_lr": 1.0},
+    "fcnseg-scratch": {"backbone": "resnet18", "pretrained": False},
+    "fcnseg-bodylr": {"backbone_lr": 0.1},
     "fcnseg-lite1": {"backbone": "efficientnet_lite1"},
     "fcnseg-lite2": {"backbone": "efficientnet_lite2"},
     "fcnseg-nojitter": {"color_jitter": 0.0},

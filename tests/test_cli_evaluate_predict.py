@@ -204,3 +204,26 @@ def test_evaluate_real_camvid_val_limited(tmp_path, capsys):
     report = json.loads(out_json.read_text())
     assert report["num_images"] == 2 and list(report["per_class_iou"]) == CAMVID_CLASSES
     assert 0.0 <= report["pixel_accuracy"] <= 1.0
+
+
+@pytest.mark.slow
+def test_an_image_too_large_for_the_memory_limit_is_one_line_and_the_rest_go_on(tmp_path):
+    import subprocess
+    import sys
+
+    from fcnseg.data.camvid import camvid_meta
+
+    meta = camvid_meta()  # 11 classes: 8000 x 8000 probabilities alone are 2.8 GB
+    ckpt = make_checkpoint(tmp_path / "camvid.pt", meta.class_names, meta.palette)
+    big, small = tmp_path / "a_big.jpg", tmp_path / "b_small.png"
+    Image.new("RGB", (8000, 8000), (90, 120, 30)).save(big, quality=50)
+    Image.new("RGB", (64, 48), (90, 120, 30)).save(small)
+    cmd = (f"ulimit -v 5000000; {sys.executable} -m fcnseg predict --checkpoint {ckpt} "
+           f"{big} {small} --out {tmp_path / 'out'} --no-progress")
+    done = subprocess.run(["bash", "-c", cmd], capture_output=True, text=True, timeout=300)
+    assert done.returncode == 1, done.stderr[-2000:]  # one failed, one written
+    assert "Traceback" not in done.stderr and "MemoryError" not in done.stderr
+    line = next(x for x in done.stderr.splitlines() if "a_big.jpg" in x)
+    assert "8000 x 8000" in line and "GiB" in line
+    assert (tmp_path / "out" / "b_small.png").is_file()
+    assert not (tmp_path / "out" / "a_big.png").exists()

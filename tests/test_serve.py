@@ -153,6 +153,18 @@ def test_an_eps_upload_never_reaches_ghostscript(predictor, tmp_path, monkeypatc
     assert not calls.exists()
 
 
+def test_the_api_docs_work_offline_and_declare_the_key(predictor):
+    c = client(predictor, api_key="s3cret")
+    page = c.get("/docs").text
+    assert "/docs-static/swagger-ui-bundle.js" in page and "cdn" not in page.lower()
+    for asset in ("/docs-static/swagger-ui-bundle.js", "/docs-static/swagger-ui.css"):
+        assert c.get(asset).status_code == 200
+    schema = c.get("/openapi.json").json()
+    scheme = schema["components"]["securitySchemes"]["APIKeyHeader"]
+    assert (scheme["type"], scheme["in"], scheme["name"]) == ("apiKey", "header", "X-API-Key")
+    assert schema["paths"]["/v1/segment"]["post"]["security"] == [{"APIKeyHeader": []}]
+
+
 def test_head_and_favicon_answer(predictor):
     c = client(predictor)
     assert c.head("/").status_code == 200
@@ -224,6 +236,23 @@ def test_an_abandoned_request_does_not_use_the_model(predictor):
     with pytest.raises(ApiError) as err:
         asyncio.run(gate.run(Gone(), lambda: calls.append(1)))
     assert err.value.status == 499 and calls == []
+
+
+def test_admission_counts_pixels_not_only_requests():
+    from fcnseg.serve.app import ApiError, Gate
+
+    gate = Gate(ServeSettings(max_pixels=1000, queue=8))  # 2000 pixels in flight
+    gate.admit(900)
+    gate.admit(900)
+    with pytest.raises(ApiError) as busy:
+        gate.admit(900)  # a third large image would pass the bound: 503, retry later
+    assert busy.value.status == 503 and "pixels" in busy.value.message
+    gate.admit(100)  # a small one still fits
+    gate.leave(900)
+    gate.admit(900)
+    assert (gate.admitted, gate.pixels) == (3, 1900)
+    alone = Gate(ServeSettings(max_pixels=1000, max_pixels_in_flight=10))
+    alone.admit(1000)  # one request is always admitted (max_pixels bounds it alone)
 
 
 def _asgi_post(app, chunks: list[bytes], pause: float, size: int | None = None):

@@ -9,6 +9,7 @@ what it has instead of assuming, and every caller can print the reason.
 from __future__ import annotations
 
 from contextlib import AbstractContextManager, nullcontext
+from pathlib import Path
 
 import torch
 
@@ -78,12 +79,38 @@ def autocast(device: torch.device, dtype: torch.dtype) -> AbstractContextManager
 
 
 def available_memory() -> int:
-    """Bytes of memory free now (Linux: MemAvailable; elsewhere a generous 16 GiB)."""
+    """Bytes this process can still allocate: the least of the machine's free memory
+    (MemAvailable), what its address-space limit leaves (``ulimit -v``) and what its
+    cgroup's memory limit leaves (a container's); elsewhere a generous 16 GiB."""
+    machine = _meminfo_kib("/proc/meminfo", "MemAvailable:") * 1024
+    if machine <= 0:  # not Linux
+        return 16 << 30
+    free = [machine]
     try:
-        with open("/proc/meminfo") as f:
+        import resource
+
+        limit = resource.getrlimit(resource.RLIMIT_AS)[0]
+        if limit != resource.RLIM_INFINITY:
+            free.append(limit - _meminfo_kib("/proc/self/status", "VmSize:") * 1024)
+    except (ImportError, OSError, ValueError):
+        pass
+    try:
+        cgroup = Path("/sys/fs/cgroup")
+        limit_text = (cgroup / "memory.max").read_text().strip()
+        if limit_text != "max":
+            free.append(int(limit_text) - int((cgroup / "memory.current").read_text()))
+    except (OSError, ValueError):
+        pass
+    return max(0, min(free))
+
+
+def _meminfo_kib(path: str, key: str) -> int:
+    """A ``key: N kB`` value of a /proc file (0 if absent)."""
+    try:
+        with open(path) as f:
             for line in f:
-                if line.startswith("MemAvailable:"):
-                    return int(line.split()[1]) * 1024
+                if line.startswith(key):
+                    return int(line.split()[1])
     except OSError:
         pass
-    return 16 << 30
+    return 0

@@ -20,7 +20,7 @@ def add_inference_options(p: argparse.ArgumentParser) -> None:
                    help="pad: whole image padded to a multiple of 32 (exact, default); "
                         "slide: overlapping tiles with averaged class scores")
     g.add_argument("--tile", nargs=2, type=int, metavar=("H", "W"), default=DEFAULT_TILE,
-                   help="tile size for --mode slide (default: 320 480, the chapter's crop)")
+                   help="tile size for --mode slide (default: 320 480)")
     g.add_argument("--stride", nargs=2, type=int, metavar=("H", "W"), default=None,
                    help="tile stride for --mode slide (default: 2/3 of the tile)")
     g.add_argument("--tile-batch", type=int, default=4, metavar="N",

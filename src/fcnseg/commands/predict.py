@@ -39,7 +39,8 @@ def add_parser(subparsers: Any, help_text: str) -> None:
     p.add_argument("--no-progress", action="store_true",
                    help="no progress bar; print a line per image instead")
     p.add_argument("--grid", default=None, metavar="FIG.png",
-                   help="write the chapter's figure (image / prediction / truth rows)")
+                   help="write a grid figure: a column per image, rows image / prediction / "
+                        "truth")
     p.add_argument("--grid-max", type=int, default=6, metavar="N",
                    help="images in the --grid figure (default: the first 6)")
     p.add_argument("--masks", default=None, metavar="DIR",

@@ -34,6 +34,10 @@ def add_parser(subparsers: Any, help_text: str) -> None:
     p.add_argument("--queue", type=int, default=d.queue,
                    help=f"requests waiting for the model before 503 + Retry-After "
                         f"(default {d.queue})")
+    p.add_argument("--max-pixels-in-flight", type=int, default=d.max_pixels_in_flight,
+                   help="pixels of the images in the model or waiting for it, beyond which "
+                        "new requests get 503 + Retry-After: the bound on the service's "
+                        "memory under a burst of large images (default: twice --max-pixels)")
     add_inference_options(p)
     p.set_defaults(func=run)
 
@@ -46,13 +50,17 @@ def run(args: argparse.Namespace) -> int:
     from ..serve import ServeSettings, create_app
     from ..serve.server import check_address, run_server
 
-    if args.concurrency < 1 or args.queue < 0 or args.max_pixels < 1 or args.max_upload_mb <= 0:
-        raise FcnsegError("--concurrency and --max-pixels must be >= 1, --queue >= 0, "
-                          "--max-upload-mb > 0")
+    if args.concurrency < 1 or args.queue < 0 or args.max_pixels < 1 or args.max_upload_mb <= 0 \
+            or args.max_pixels_in_flight < 0:
+        raise FcnsegError("--concurrency and --max-pixels must be >= 1, --queue and "
+                          "--max-pixels-in-flight >= 0, --max-upload-mb > 0")
     if not 0 <= args.port <= 65535:
         raise FcnsegError(f"--port {args.port} must be between 0 and 65535")
-    settings = ServeSettings(args.max_upload_mb, args.max_pixels, args.concurrency, args.queue,
-                             args.api_key or os.environ.get("FCNSEG_API_KEY") or None)
+    settings = ServeSettings(
+        max_upload_mb=args.max_upload_mb, max_pixels=args.max_pixels,
+        concurrency=args.concurrency, queue=args.queue,
+        max_pixels_in_flight=args.max_pixels_in_flight,
+        api_key=args.api_key or os.environ.get("FCNSEG_API_KEY") or None)
     try:
         check_address(args.host, args.port)
     except OSError as exc:  # port in use, address not available: say so before loading

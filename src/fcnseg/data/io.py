@@ -46,10 +46,11 @@ RASTER_FORMATS = ("PNG", "JPEG", "BMP", "GIF", "TIFF", "WEBP", "PPM")
 
 
 def _open(source: str | Path | bytes, name: str | None = None,
-          max_pixels: int | None = None) -> Image.Image:
+          max_pixels: int | None = None, decode: bool = True) -> Image.Image:
     """Open and fully decode a file or in-memory bytes, or raise DataError naming it.
 
-    ``max_pixels`` refuses larger images from their header, before decoding a byte.
+    ``max_pixels`` refuses larger images from their header, before decoding a byte;
+    ``decode=False`` reads the header only.
     """
     label = name or ("upload" if isinstance(source, bytes) else str(source))
     if ImageFile.LOAD_TRUNCATED_IMAGES:
@@ -63,7 +64,8 @@ def _open(source: str | Path | bytes, name: str | None = None,
         if max_pixels is not None and img.width * img.height > max_pixels:
             raise ImageTooLargeError(f"{label}: {img.width} x {img.height} has more than "
                                      f"{max_pixels} pixels; resize it")
-        img.load()  # decode now so that truncated / corrupt data fails here, naming the file
+        if decode:  # now, so that truncated / corrupt data fails here, naming the file
+            img.load()
     except UnidentifiedImageError as exc:
         raise NotAnImageError(f"{label}: not a {', '.join(RASTER_FORMATS)} image, or corrupt "
                               "(re-export it in one of those formats, or remove it)") from exc
@@ -94,6 +96,14 @@ def _to_uint8(arr: np.ndarray) -> np.ndarray:
     top = 65535 if arr.max(initial=0) <= 65535 else int(arr.max())
     # 65535 / 257 == 255 exactly: the rounding maps 16-bit values to the nearest 8-bit value.
     return np.clip((arr * 255 + top // 2) // top, 0, 255).astype(np.uint8)
+
+
+def image_pixels(source: str | Path | bytes, name: str | None = None,
+                 max_pixels: int | None = None) -> int:
+    """Width x height of an image from its header alone (nothing decoded); the errors of
+    :func:`read_image`."""
+    img = _open(source, name, max_pixels, decode=False)
+    return img.width * img.height
 
 
 def read_image(path: str | Path | bytes, name: str | None = None,

@@ -81,8 +81,8 @@ class TrainConfig:
     backbone_weights: str | None = None
     upsample_init: str = "bilinear"
     # optimisation: AdamW + poly after a linear warm-up; batch 8 gives twice the updates of
-    # 16 at the same cost; CE + Lovasz-softmax with boundary pixels weighted 5x lifts the
-    # thin classes (CamVid, same budget: mIoU 0.589 against 0.552 for CE alone).
+    # 16 at the same cost; CE + Lovasz-softmax with boundary pixels weighted lifts the thin
+    # classes (benchmarks/RESULTS.md, "Accuracy").
     epochs: int = 30
     batch_size: int = 8  # global batch: each of N DDP processes gets batch_size / N
     lr: float = 2e-3
@@ -101,8 +101,8 @@ class TrainConfig:
     time_budget: float = 0.0  # seconds: plan `epochs` to end within it (0: no budget)
     # augmentation: 256 x 320 crops give about twice the steps of 320 x 480 in a CPU budget
     # (the net still predicts whole images); mild scale jitter and flips; brightness,
-    # contrast and saturation 0.4-1.6x, because a model that saw only daylight drives fails
-    # on a dusk drive (CamVid 0001TP held out: mIoU 0.41 with it, 0.08 without)
+    # contrast and saturation 0.4-1.6x, so that a model trained on daylight drives also
+    # segments a dusk drive (benchmarks/RESULTS.md, "Accuracy")
     crop: list[int] = field(default_factory=lambda: [256, 320])
     scale: list[float] = field(default_factory=lambda: [0.75, 1.25])
     flip: bool = True

@@ -24,8 +24,8 @@ from .config import resolve_config
 from .evaluate import evaluate
 from .train import fit
 
-# The demo's recipe, each choice measured (benchmarks/RESULTS.md, "The demo" and the recipe
-# searches): 1024 images of 128 px, 96 px crops (more steps per minute than whole images);
+# The demo's recipe, each choice measured (benchmarks/RESULTS.md, "The demo"): 1024 images
+# of 128 px, 96 px crops (more steps per minute than whole images);
 # AdamW 2e-2 + poly; no scale jitter (it slowed learning in a short budget) and no colour
 # jitter (the search ran without it, and drawn shapes do not change with the light); cross
 # entropy + Lovasz-softmax with boundary pixels weighted 5x, because from scratch most
@@ -39,8 +39,8 @@ DEMO_SETTINGS: dict[str, Any] = {
     "boundary_weight": 4.0, "channels_last": False,
 }
 DEMO_DATA = {"size": 1024, "image_size": 128}
-# How the demo predicts: each image averaged with its mirror image (+0.007-0.018 mIoU in the
-# search, for a few seconds of the run); `fcnseg evaluate/predict --flip` do the same.
+# How the demo predicts: each image averaged with its mirror image (a little more accurate,
+# for a few seconds of the run); `fcnseg evaluate/predict --flip` do the same.
 DEMO_INFERENCE = {"flip": True}
 
 

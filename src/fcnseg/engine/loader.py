@@ -47,8 +47,8 @@ def seeded_rngs(seed: int) -> Iterator[None]:
         np.random.seed(seed)
         # The CPU generator only: torch.manual_seed also seeds every CUDA device, which
         # fork_rng(devices=[]) would not restore, and which, with a CUDA build of torch but
-        # no initialised GPU, queues a lazy call that records a stack trace: ~1.5 ms per
-        # sample, 60 % of the demo's data loading.
+        # no initialised GPU, queues a lazy call that records a stack trace: most of the
+        # demo's data loading time.
         torch.default_generator.manual_seed(seed)
         try:
             yield

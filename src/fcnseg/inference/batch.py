@@ -20,7 +20,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from ..data.io import IMAGE_EXTENSIONS, read_image, write_mask
+from ..data.io import IMAGE_EXTENSIONS, ImageTooLargeError, read_image, write_mask
 from ..errors import FcnsegError
 from ..fileio import atomic_write
 from ..viz import overlay, save_image
@@ -123,14 +123,30 @@ def predict_files(predictor: Predictor, files: list[Path], out: Path, *, alpha: 
             for outcome in batch:
                 if outcome.status != "read":
                     yield outcome
-            ready = [o for o in batch if o.status == "read"]
+            ready = []
+            for o in batch:
+                if o.status != "read":
+                    continue
+                try:  # every array the image will need, counted before any is made
+                    predictor.check_memory(*o.image.shape[:2], name=str(o.path))
+                except ImageTooLargeError as exc:
+                    yield Outcome(o.path, "failed", str(exc))
+                    continue
+                ready.append(o)
             for o in ready:
                 if not predictor.fits_whole(*o.image.shape[:2]):
                     yield Outcome(o.path, "notice", f"{o.path}: {o.image.shape[0]} x "
                                   f"{o.image.shape[1]} is too large for a whole-image pass in "
                                   "the free memory: predicted with --mode slide tiles")
             if ready:
-                results = predictor.predict_many([o.image for o in ready])
+                try:
+                    results = predictor.predict_many([o.image for o in ready])
+                except MemoryError:  # the estimate was short: these images fail, not the job
+                    for o in ready:
+                        yield Outcome(o.path, "failed", f"{o.path}: out of memory while "
+                                      "predicting it: resize it or split it into parts")
+                    refill()
+                    continue
                 for o, p in zip(ready, results, strict=True):
                     o.status, o.mask = "written", p.argmax(0).to(torch.uint8).numpy()
                     arr = p.numpy().astype(np.float16) if probs else None
@@ -148,6 +164,9 @@ def _done(outcome: Outcome) -> Future:
 def _read(path: Path) -> Outcome:
     try:
         return Outcome(path, "read", image=read_image(path))
+    except MemoryError:
+        return Outcome(path, "failed", f"{path}: too large to decode in the memory this "
+                                       "process can use: resize it or split it into parts")
     except FcnsegError as exc:
         message = str(exc)
         return Outcome(path, "failed", message if message.startswith(str(path))

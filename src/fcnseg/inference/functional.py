@@ -28,7 +28,7 @@ from ..device import autocast
 from ..errors import OptionError, UnknownNameError
 
 MODES = ("pad", "slide")
-DEFAULT_TILE = (320, 480)  # the chapter's crop size
+DEFAULT_TILE = (320, 480)  # 320 x 480, the training crop of the d2l recipe
 
 
 Forward = Callable[[torch.Tensor], torch.Tensor]  # N x 3 x H x W -> N x C x H x W probs

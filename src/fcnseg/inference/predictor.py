@@ -20,7 +20,7 @@ from typing import Any
 import numpy as np
 import torch
 
-from ..data.io import read_image
+from ..data.io import ImageTooLargeError, read_image
 from ..data.meta import DatasetMeta
 from ..device import available_memory
 from ..errors import OptionError
@@ -111,6 +111,9 @@ class Predictor:
         for a whole-image pass in the memory available (:meth:`fits_whole`) is predicted
         with overlapping tiles instead, whose memory does not grow with the image.
         """
+        for img in images:  # before the float copy of any of them is made
+            if isinstance(img, np.ndarray) and img.ndim == 3:
+                self.check_memory(*img.shape[:2])
         pixels = [to_pixels(img) for img in images]
         fits = [self.fits_whole(*p.shape[1:]) for p in pixels]
         whole = [i for i, ok in enumerate(fits) if ok]
@@ -128,12 +131,32 @@ class Predictor:
         """Whether a whole-image pass over ``height x width`` fits in half the free memory.
 
         A pass needs about ``160 + 12 x classes`` bytes per pixel (FCN-8s / ResNet-18,
-        measured: benchmarks/RESULTS.md); sliding tiles need a fixed amount.
+        measured: benchmarks/RESULTS.md); sliding tiles need :meth:`tiled_need`.
         """
         if self.options.mode == "slide":
             return True
         need = height * width * (160 + 12 * self.meta.num_classes)
         return need <= available_memory() // 2
+
+    def tiled_need(self, height: int, width: int) -> int:
+        """Bytes a tiled pass over ``height x width`` needs however small its tiles: the
+        float copy of the image, the class probabilities and their running sum, and one
+        batch of tiles."""
+        pixels, classes = height * width, self.meta.num_classes
+        tile_h, tile_w = self.options.tile
+        tiles = self.options.tile_batch * tile_h * tile_w * (160 + 12 * classes)
+        return pixels * (12 + 8 * classes) + tiles
+
+    def check_memory(self, height: int, width: int, name: str = "image") -> None:
+        """Raise :class:`ImageTooLargeError` (one line) when even a tiled pass over a
+        ``height x width`` image cannot fit in the memory this process can still use."""
+        need, free = self.tiled_need(height, width), available_memory()
+        if need > free:
+            raise ImageTooLargeError(
+                f"{name}: {height} x {width} needs about {need / 2**30:.1f} GiB to predict "
+                f"(its class probabilities alone are {self.meta.num_classes} x 4 bytes a "
+                f"pixel), and this process can use {free / 2**30:.1f} GiB: resize it or "
+                "split it into parts")
 
     @property
     def tiled_options(self) -> InferenceOptions:

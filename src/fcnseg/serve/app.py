@@ -21,22 +21,35 @@ from typing import Any, Literal
 
 import numpy as np
 import torch
-from fastapi import Depends, FastAPI, Query, Request
+from fastapi import Depends, FastAPI, Query, Request, Security
 from fastapi.exceptions import RequestValidationError
+from fastapi.openapi.docs import get_swagger_ui_html
 from fastapi.responses import FileResponse, JSONResponse, Response
+from fastapi.security import APIKeyHeader
 from fastapi.staticfiles import StaticFiles
 from starlette.concurrency import run_in_threadpool
 from starlette.exceptions import HTTPException as StarletteHTTPException
 from starlette.requests import ClientDisconnect
+from swagger_ui_bundle import swagger_ui_path
 
 from .. import __version__
-from ..data.io import RASTER_FORMATS, ImageTooLargeError, NotAnImageError, mask_image, read_image
+from ..data.io import (
+    RASTER_FORMATS,
+    ImageTooLargeError,
+    NotAnImageError,
+    image_pixels,
+    mask_image,
+    read_image,
+)
 from ..errors import FcnsegError
 from ..inference import MODES, Predictor
 from ..viz import overlay, png_bytes
 from .settings import ServeSettings
 
 STATIC = Path(__file__).parent / "static"
+# Declared in the OpenAPI schema, so that /docs offers "Authorize" for servers with a key.
+KEY_HEADER = APIKeyHeader(name="X-API-Key", auto_error=False,
+                          description="required when the server runs with --api-key")
 RAW_TYPES = ("image/", "application/octet-stream")
 
 
@@ -49,25 +62,33 @@ class ApiError(Exception):
 
 
 class Gate:
-    """Bounded admission and a bounded pool of model threads."""
+    """Bounded admission, by count and by pixels, and a bounded pool of model threads."""
 
     def __init__(self, settings: ServeSettings) -> None:
         self.limit = settings.concurrency + settings.queue
+        self.pixel_budget = settings.pixel_budget
         self.admitted = 0
+        self.pixels = 0  # of the admitted requests' images: what their arrays scale with
         self.slots = asyncio.Semaphore(settings.concurrency)
         self.pool = ThreadPoolExecutor(settings.concurrency, thread_name_prefix="fcnseg-model")
         self.draining = False
 
-    def admit(self) -> None:
+    def admit(self, pixels: int = 0) -> None:
+        """Take a place for a request whose image has ``pixels``, or raise 503."""
         if self.draining:
             raise ApiError(503, "the server is shutting down", {"Retry-After": "5"})
         if self.admitted >= self.limit:
             raise ApiError(503, f"busy: {self.limit} requests in progress or queued; retry "
                                 "shortly", {"Retry-After": "1"})
+        if self.admitted and self.pixels + pixels > self.pixel_budget:
+            raise ApiError(503, f"busy: {self.pixels} pixels of images in progress or "
+                                "queued; retry shortly", {"Retry-After": "1"})
         self.admitted += 1
+        self.pixels += pixels
 
-    def leave(self) -> None:
+    def leave(self, pixels: int = 0) -> None:
         self.admitted -= 1
+        self.pixels -= pixels
 
     async def run(self, request: Request, fn: Any, *args: Any) -> Any:
         """``fn(*args)`` in the model pool when a slot is free, unless the client leaves
@@ -97,7 +118,8 @@ async def wait_for_disconnect(request: Request) -> None:
 def create_app(predictor: Predictor, settings: ServeSettings | None = None) -> FastAPI:
     """The FastAPI application serving ``predictor``."""
     settings = settings or ServeSettings()
-    app = FastAPI(title="fcnseg", version=__version__,
+    # /docs is served from the swagger-ui-bundle package, not a CDN: it works offline.
+    app = FastAPI(title="fcnseg", version=__version__, docs_url=None, redoc_url=None,
                   description="Semantic segmentation with a Fully Convolutional Network.")
     app.state.gate = gate = Gate(settings)
     app.state.predictor = predictor
@@ -121,11 +143,11 @@ def create_app(predictor: Predictor, settings: ServeSettings | None = None) -> F
     async def unexpected(_: Request, exc: Exception) -> JSONResponse:  # a bug, not the input
         return JSONResponse({"error": f"internal error ({type(exc).__name__})"}, 500)
 
-    async def api_key(request: Request) -> None:
+    async def api_key(sent: str | None = Security(KEY_HEADER)) -> None:
         # Bytes, not str: compare_digest refuses non-ASCII text, and a header's bytes are
         # whatever the client sent (the key itself is printable ASCII: ServeSettings).
-        sent = request.headers.get("x-api-key", "").encode("latin-1")
-        if settings.api_key and not hmac.compare_digest(sent, settings.api_key.encode()):
+        if settings.api_key and not hmac.compare_digest((sent or "").encode("latin-1"),
+                                                        settings.api_key.encode()):
             raise ApiError(401, "missing or wrong X-API-Key header")
 
     @app.get("/health", summary="Liveness: the process answers")
@@ -159,19 +181,31 @@ def create_app(predictor: Predictor, settings: ServeSettings | None = None) -> F
                                 "send it faster, or a smaller image") from exc
         except ClientDisconnect as exc:  # the client left mid-upload: nobody to answer
             raise ApiError(499, "client closed the request") from exc
-        gate.admit()
+        if not data:
+            raise ApiError(400, "empty upload")
+        pixels = checked(image_pixels, data, name, settings.max_pixels)  # the header only
+        gate.admit(pixels)  # by count and by pixels, before any pixel is decoded
         try:
-            image = await run_in_threadpool(decode, data, name, settings.max_pixels)
+            image = await run_in_threadpool(checked, read_image, data, name,
+                                            settings.max_pixels)
             p = predictor.with_options(mode=mode or predictor.options.mode,
                                        flip=flip or predictor.options.flip)
-            probs = await gate.run(request, p.predict_many, [image])
+            probs = await gate.run(request, checked, p.predict_many, [image])
             labels = probs[0].argmax(0).to(torch.uint8).numpy()
             return await run_in_threadpool(render, predictor, image, labels, output, alpha,
                                            mask)
         finally:
-            gate.leave()
+            gate.leave(pixels)
 
     app.mount("/static", StaticFiles(directory=STATIC), name="static")
+    app.mount("/docs-static", StaticFiles(directory=str(swagger_ui_path)), name="docs-static")
+
+    @app.get("/docs", include_in_schema=False)
+    async def docs() -> Response:
+        return get_swagger_ui_html(openapi_url=app.openapi_url, title="fcnseg API",
+                                   swagger_js_url="/docs-static/swagger-ui-bundle.js",
+                                   swagger_css_url="/docs-static/swagger-ui.css",
+                                   swagger_favicon_url="/static/favicon.svg")
 
     @app.api_route("/", methods=["GET", "HEAD"], include_in_schema=False)
     async def page() -> FileResponse:
@@ -226,12 +260,11 @@ async def read_upload(request: Request, settings: ServeSettings) -> tuple[bytes,
                         "a multipart/form-data upload")
 
 
-def decode(data: bytes, name: str, max_pixels: int) -> np.ndarray:
-    """An upload's pixels; its errors become 400 / 413 / 415."""
-    if not data:
-        raise ApiError(400, "empty upload")
+def checked(fn: Any, *args: Any) -> Any:
+    """``fn(*args)`` on an upload (its header, its pixels, its prediction); the errors
+    become 400 (empty, corrupt) / 413 (too large) / 415 (not an allowed image format)."""
     try:
-        return read_image(data, name=name, max_pixels=max_pixels)
+        return fn(*args)
     except ImageTooLargeError as exc:
         raise ApiError(413, str(exc)) from exc
     except NotAnImageError as exc:

@@ -5,7 +5,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, kw_only=True)
 class ServeSettings:
     """Limits of the service (``fcnseg serve --help`` states the defaults)."""
 
@@ -13,11 +13,18 @@ class ServeSettings:
     max_pixels: int = 25_000_000
     concurrency: int = 1  # model calls at once: one already uses every core of a CPU
     queue: int = 8  # requests waiting for the model before 503
+    # Pixels of the images admitted at once (in the model or waiting for it): what bounds
+    # the service's memory under a burst of large images (0: twice --max-pixels).
+    max_pixels_in_flight: int = 0
     api_key: str | None = None
     # A client has this long to send its request's headers, and then its body; slower
     # clients get 408 (body) or a closed connection (headers), so they cannot hold slots.
     header_timeout_s: float = 10.0
     body_timeout_s: float = 30.0
+
+    @property
+    def pixel_budget(self) -> int:
+        return self.max_pixels_in_flight or 2 * self.max_pixels
 
     def __post_init__(self) -> None:
         # A key a client cannot send in a header would lock every client out.
