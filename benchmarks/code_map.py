@@ -1,4 +1,4 @@
-"""Where the code is: lines per module and the longest functions (issue 16's before/after).
+"""Where the code is: lines per module and the longest functions (a refactoring's before/after).
 
     python benchmarks/code_map.py src/fcnseg --longest 12
 """

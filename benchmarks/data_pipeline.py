@@ -1,4 +1,4 @@
-"""Data pipeline throughput next to the model's training throughput (issue 3).
+"""Data pipeline throughput next to the model's training throughput.
 
 Builds VOC-size (375 x 500) synthetic JPEG images with palette masks in a temporary VOC
 layout, then measures images/s for: cold decoding, threaded preloading into the in-memory

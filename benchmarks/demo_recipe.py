@@ -2,9 +2,9 @@
 
 Trains FCN-8s / ResNet-18 from scratch on a ``shapes`` variant and prints, as JSON, the
 whole-image validation mIoU (also with flip test-time augmentation), per-class IoU and the
-loss / mIoU history. The search in benchmarks/RESULTS.md ran pairs of these side by side, one
-core each. Flags default to the demo's current recipe; session 3's baseline (the session 2
-recipe) and its best change, for example::
+loss / mIoU history. The demo's recipe search ran pairs of these side by side, one core
+each. Flags default to the demo's current recipe; a cross-entropy baseline and the recipe,
+for example::
 
     OMP_NUM_THREADS=1 python benchmarks/demo_recipe.py --epochs 8 --loss ce \\
         --boundary-weight 0 --weight-decay 1e-4

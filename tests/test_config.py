@@ -105,3 +105,42 @@ def test_a_run_saved_before_backbone_lr_resumes_with_one_lr():
     assert resolve_config(base=saved).backbone_lr == 1.0
     with pytest.raises(FcnsegError, match="--backbone-lr must be in"):
         resolve_config({"backbone_lr": 2.0})
+
+
+@pytest.mark.parametrize("flags, words", [
+    (["--color-jitter", "1.5"], "--color-jitter must be in [0, 1)"),
+    (["--color-jitter", "-0.5"], "--color-jitter must be in [0, 1)"),
+    (["--seed", "-5"], "--seed must be an integer from 0"),
+    (["--lr", "nan"], "--lr nan must be a finite number"),
+    (["--lr", "abc"], "argument --lr: invalid float value"),
+    (["--crop", "100000", "100000"], "GiB to train"),
+])
+def test_a_bad_setting_is_one_line_naming_the_flag_and_touches_no_run_folder(
+        flags, words, tmp_path, capsys):
+    out = tmp_path / "run"
+    try:  # argparse's own errors (a value that is not a number) exit from parse_args
+        code = main(["train", "--dataset", "shapes", "--data-dir", str(tmp_path / "data"),
+                     "--no-pretrained", "--backbone", "tiny", "--out", str(out), *flags])
+    except SystemExit as exc:
+        code = exc.code
+    assert code == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert err[-1].startswith("fcnseg: error:") and words in err[-1], err
+    assert "Traceback" not in "\n".join(err)
+    assert not out.exists()
+
+
+def test_a_refused_resume_changes_nothing_in_the_run_folder(shapes_dir, tmp_path, capsys):
+    from conftest import SHAPES
+
+    out = tmp_path / "run"
+    options = [x for k, v in SHAPES.items() for x in ("--data-option", f"{k}={v}")]
+    assert main(["train", "--dataset", "shapes", "--data-dir", str(shapes_dir), *options,
+                 "--no-pretrained", "--backbone", "tiny", "--epochs", "1", "--batch-size", "4",
+                 "--crop", "32", "32", "--workers", "0", "--val-every", "0",
+                 "--out", str(out)]) == 0
+    before = (out / "config.toml").read_bytes()
+    assert main(["train", "--resume", "--out", str(out), "--batch-size", "100000"]) == 2
+    assert "--batch-size" in capsys.readouterr().err
+    assert (out / "config.toml").read_bytes() == before
+

@@ -10,6 +10,7 @@ from __future__ import annotations
 import argparse
 import importlib
 import sys
+from typing import NoReturn
 
 from . import __version__
 from .allocator import keep_freed_memory
@@ -28,13 +29,22 @@ COMMANDS = {
 }
 
 
+class Parser(argparse.ArgumentParser):
+    """argparse with fcnseg's error line: ``fcnseg: error: ...`` and status 2 for every
+    command, as for the errors the commands themselves raise."""
+
+    def error(self, message: str) -> NoReturn:
+        self.print_usage(sys.stderr)
+        self.exit(2, f"fcnseg: error: {message}\n")
+
+
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(
+    parser = Parser(
         prog="fcnseg",
         description="Semantic segmentation with Fully Convolutional Networks.",
     )
     parser.add_argument("--version", action="version", version=f"fcnseg {__version__}")
-    sub = parser.add_subparsers(dest="command", metavar="COMMAND")
+    sub = parser.add_subparsers(dest="command", metavar="COMMAND", parser_class=Parser)
     sub.required = True
     for name, help_text in COMMANDS.items():
         module = importlib.import_module(f".commands.{name}", __package__)

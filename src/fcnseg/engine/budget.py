@@ -11,6 +11,9 @@ epoch the loop checks the forecast against the epochs it has seen (:func:`replan
 when the run would end past the budget, the epochs, and the lr schedule with them, are
 shortened to fit; when the first quarter of the run goes faster than planned, it gets the
 epochs the budget still holds. ``plan.json`` records each change and why.
+
+Every reading of time goes through a ``clock`` (default ``time.perf_counter``) that
+``fit`` hands down, so that tests can drive the budget logic with a clock of their own.
 """
 
 from __future__ import annotations
@@ -36,6 +39,7 @@ UNITS = {"s": 1.0, "m": 60.0, "min": 60.0, "h": 3600.0}
 # Share of the budget left for what the plan cannot time: data loading stalls, checkpoint
 # writes, the logs, and the host's noise.
 SAFETY = 0.92
+Clock = Callable[[], float]  # seconds, monotonic
 
 
 def parse_duration(text: str) -> float:
@@ -48,34 +52,35 @@ def parse_duration(text: str) -> float:
 
 
 def time_step(model: torch.nn.Module, loss_fn: Callable, batch: tuple[torch.Tensor, torch.Tensor],
-              device: torch.device, dtype: torch.dtype, steps: int = 3) -> float:
+              device: torch.device, dtype: torch.dtype, steps: int = 3,
+              clock: Clock = time.perf_counter) -> float:
     """Median seconds of a training step on ``batch``, on a copy (the run is untouched)."""
     twin = copy.deepcopy(model).train()
     opt = torch.optim.SGD([p for p in twin.parameters() if p.requires_grad], lr=1e-6)
     images, masks = batch[0].to(device), batch[1].to(device)
     times = []
     for _ in range(steps + 1):  # the first step pays for one-off set-up: not counted
-        start = time.perf_counter()
+        start = clock()
         with autocast(device, dtype):
             logits = twin(images)["out"]
         loss = loss_fn(logits, masks)
         opt.zero_grad(set_to_none=True)
         loss.backward()
         opt.step()
-        times.append(time.perf_counter() - start)
+        times.append(clock() - start)
     return sorted(times[1:])[len(times[1:]) // 2]
 
 
 def time_forward(model: torch.nn.Module, image: torch.Tensor, device: torch.device,
-                 dtype: torch.dtype) -> float:
+                 dtype: torch.dtype, clock: Clock = time.perf_counter) -> float:
     """Seconds of one whole-image forward pass (validation's unit of work)."""
     twin = copy.deepcopy(model).eval()
     x = image[None].to(device)
     with torch.inference_mode(), autocast(device, dtype):
         twin(x)
-        start = time.perf_counter()
+        start = clock()
         twin(x)
-    return time.perf_counter() - start
+    return clock() - start
 
 
 def plan_epochs(budget_s: float, elapsed_s: float, step_s: float, steps_per_epoch: int,
@@ -122,30 +127,32 @@ def replan_epochs(plan: dict[str, Any], elapsed_s: float, epochs_done: int, epoc
 
 def plan_run(config: Any, model: torch.nn.Module, loss_fn: Callable, train_ds: Any,
              val_ds: Any, steps_per_epoch: int, batch: int, device: torch.device,
-             dtype: torch.dtype, elapsed_s: float, info: Any, run_dir: Path) -> dict[str, Any]:
+             dtype: torch.dtype, elapsed_s: float, info: Any, run_dir: Path,
+             clock: Clock = time.perf_counter) -> dict[str, Any]:
     """Time this run's step (on real training crops, their loading included), validation,
     checkpoint writes and logs here, and plan its epochs; rank 0's plan is broadcast."""
     fmt = torch.channels_last if config.channels_last else torch.contiguous_format
-    start = time.perf_counter()
+    start = clock()
     items = [train_ds[(0, i)] for i in range(min(batch, len(train_ds)))]  # (epoch, index)
     # Loading runs beside the model in worker processes: on a small CPU it still competes.
-    load_s = (time.perf_counter() - start) / max(1, min(config.workers, 2))
+    load_s = (clock() - start) / max(1, min(config.workers, 2))
     images = torch.stack([x for x, _ in items]).contiguous(memory_format=fmt)
     step_s = time_step(model, loss_fn, (images, torch.stack([y for _, y in items])), device,
-                       dtype) + load_s
+                       dtype, clock=clock) + load_s
     validation_s = 0.0
     if val_ds is not None and len(val_ds):
         h, w = val_ds.read_raw(0)[0].shape[:2]
         validation_s = len(val_ds) * time_forward(model, torch.zeros(3, h, w), device,
-                                                  dtype) / info.world_size
-    overhead_s = _epoch_overhead(model, run_dir, config) if info.is_main else 0.0
+                                                  dtype, clock) / info.world_size
+    overhead_s = _epoch_overhead(model, run_dir, config, clock) if info.is_main else 0.0
     plan = plan_epochs(config.time_budget, elapsed_s, step_s, steps_per_epoch, validation_s,
                        config.val_every, overhead_s)
     plan["epochs"] = main_rank_int(plan["epochs"], info)
     return plan
 
 
-def _epoch_overhead(model: torch.nn.Module, run_dir: Path, config: Any) -> float:
+def _epoch_overhead(model: torch.nn.Module, run_dir: Path, config: Any,
+                    clock: Clock = time.perf_counter) -> float:
     """Seconds an epoch spends outside its steps: last.pt written (again after a
     validation, and best.pt when it improves) and the curves figure, timed in the run folder."""
     # A checkpoint is the weights plus the optimizer's per-weight state: AdamW keeps two
@@ -157,12 +164,12 @@ def _epoch_overhead(model: torch.nn.Module, run_dir: Path, config: Any) -> float
                    "optimizer": [w.clone() for _ in range(moments) for w in weights]}
     val_every = config.val_every
     probe = run_dir / ".budget-probe"
-    start = time.perf_counter()
+    start = clock()
     save_checkpoint(probe, probe_state)
-    save_s = time.perf_counter() - start
-    start = time.perf_counter()
+    save_s = clock() - start
+    start = clock()
     plot_training_curves([{"epoch": 1, "train_loss": 1.0}], probe.with_suffix(".png"))
-    plot_s = time.perf_counter() - start
+    plot_s = clock() - start
     probe.unlink(missing_ok=True)
     probe.with_suffix(".png").unlink(missing_ok=True)
     writes = 1 + (2 / val_every if val_every else 0)  # + last.pt and best.pt at validations

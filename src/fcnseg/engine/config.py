@@ -18,7 +18,7 @@ from pathlib import Path
 from typing import Any
 
 from ..data import DATASETS
-from ..device import PRECISIONS
+from ..device import PRECISIONS, available_memory
 from ..errors import FcnsegError
 from ..models import BACKBONES, MODELS, UPSAMPLE_INITS
 from .losses import LOSSES
@@ -33,18 +33,17 @@ else:  # pragma: no cover - Python 3.10
 # TrainConfig.validate() and listed by `fcnseg train --help`.
 CHOICES: dict[str, tuple[str, ...]] = {
     "dataset": tuple(DATASETS), "model": tuple(MODELS), "backbone": tuple(BACKBONES),
-    "optimizer": OPTIMIZERS,
-    "schedule": SCHEDULES, "upsample_init": UPSAMPLE_INITS, "class_weights": CLASS_WEIGHTS,
-    "loss": LOSSES, "precision": PRECISIONS,
+    "optimizer": OPTIMIZERS, "schedule": SCHEDULES, "upsample_init": UPSAMPLE_INITS,
+    "class_weights": CLASS_WEIGHTS, "loss": LOSSES, "precision": PRECISIONS,
 }
 
 # Recipes: named differences from the dataclass defaults, which *are* fcnseg's recipe.
 RECIPES: dict[str, dict[str, Any]] = {
     "fcnseg": {},
     # The D2L chapter: ResNet-18 FCN-32s, bilinear-initialised transposed conv, plain SGD
-    # at one lr for the whole net
-    # (d2l.train_ch13 uses torch.optim.SGD without momentum), constant lr, random 320x480
-    # crops only, cross entropy, run in fp32 with the default NCHW memory layout.
+    # (d2l.train_ch13 uses torch.optim.SGD without momentum) at one constant lr for the
+    # whole net, random 320x480 crops only, cross entropy, run in fp32 with the default
+    # NCHW memory layout.
     "d2l": {
         "model": "fcn32s", "backbone": "resnet18", "optimizer": "sgd", "lr": 0.001,
         "backbone_lr": 1.0, "weight_decay": 1e-3, "momentum": 0.0, "batch_size": 32,
@@ -54,6 +53,9 @@ RECIPES: dict[str, dict[str, Any]] = {
     },
 }
 DEFAULT_RECIPE = "fcnseg"
+# Peak memory of a training step per pixel of a batch (FCN-8s at 320 x 480, batch 8: ~2.6
+# GiB; benchmarks/RESULTS.md, "Training speed"), rounded up: bounds --crop x --batch-size.
+TRAIN_BYTES_PER_PIXEL = 2500
 # Settings added after the first release, with the value that runs saved before them used.
 SINCE: dict[str, Any] = {"backbone_lr": 1.0}
 
@@ -187,8 +189,20 @@ class TrainConfig:
             raise FcnsegError(f"--time-budget must be >= 0 s, got {self.time_budget}")
         if not (self.poly_power > 0):
             raise FcnsegError(f"poly_power must be > 0, got {self.poly_power}")
+        if not (0 <= self.color_jitter < 1):
+            raise FcnsegError(f"--color-jitter must be in [0, 1) (brightness, contrast and "
+                              f"saturation scaled by 1 +- it), got {self.color_jitter}")
+        if not (0 <= self.seed < 2**32):
+            raise FcnsegError(f"--seed must be an integer from 0 to 2**32 - 1, got {self.seed}")
         if len(self.crop) != 2 or min(self.crop) < 1:
             raise FcnsegError(f"--crop needs two positive sizes H W, got {self.crop}")
+        need = self.batch_size * self.crop[0] * self.crop[1] * TRAIN_BYTES_PER_PIXEL
+        if need > available_memory():
+            raise FcnsegError(
+                f"--crop {self.crop[0]} {self.crop[1]} with --batch-size {self.batch_size} "
+                f"needs about {need / 2**30:.1f} GiB to train, more than the "
+                f"{available_memory() / 2**30:.1f} GiB this process can use: use a smaller "
+                "--crop or --batch-size")
         if len(self.scale) != 2 or not (0 < self.scale[0] <= self.scale[1]):
             raise FcnsegError(f"--scale needs MIN MAX with 0 < MIN <= MAX, got {self.scale}")
 
@@ -219,6 +233,8 @@ def _typed(key: str, value: Any, hint: Any, source: str) -> Any:
     if not ok:
         want = (f"a list of {_KINDS.get(args[0], 'values').split(' ', 1)[1]}s"
                 if kind is list else _KINDS.get(kind, str(kind)))
+        if source == "command line":  # name what the user typed
+            raise FcnsegError(f"--{key.replace('_', '-')} {value!r} must be {want}")
         raise FcnsegError(f"setting {key} = {value!r} in {source} must be {want}: "
                           f"fix it, e.g. {key} = {_example(key)}")
     return value

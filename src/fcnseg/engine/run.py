@@ -24,7 +24,7 @@ from ..data import DatasetMeta
 from ..device import resolve_precision
 from ..errors import CheckpointError, DataError, FcnsegError
 from ..models import build_model
-from .budget import describe, load_plan, plan_run, save_plan
+from .budget import Clock, describe, load_plan, plan_run, save_plan
 from .checkpoint import (
     capture_rng_state,
     check_compatible,
@@ -111,11 +111,12 @@ class Run:
     batch: int  # per process
     state: RunState = field(default_factory=RunState)
     plan: dict[str, Any] | None = None  # a --time-budget run's plan (budget.py)
-    clock: float = 0.0  # perf_counter() at which the run's wall time would have been 0
+    clock: float = 0.0  # now() at which the run's wall time would have been 0
+    now: Clock = time.perf_counter  # the clock of the run's time budget
 
     def elapsed(self) -> float:
         """Wall seconds of the run so far, earlier processes of a resumed run included."""
-        return time.perf_counter() - self.clock
+        return self.now() - self.clock
 
     @property
     def steps_per_epoch(self) -> int:
@@ -137,12 +138,13 @@ class Run:
 
 
 def build_run(config: TrainConfig, info: DistInfo, started: float,
-              checkpoint: dict[str, Any] | None = None, source: Any = None) -> Run:
-    """Every part of a run; ``checkpoint`` (read from ``source``) is restored into it."""
+              checkpoint: dict[str, Any] | None = None, source: Any = None,
+              now: Clock = time.perf_counter) -> Run:
+    """Every part of a run; ``checkpoint`` (read from ``source``) is restored into it.
+    ``started`` is ``now()`` when the run began (its time budget counts from there)."""
     random.seed(config.seed)
     np.random.seed(config.seed)
     torch.manual_seed(config.seed)
-    run_dir = prepare_run_dir(config) if info.is_main else Path(config.out)
     dtype, precision = resolve_precision(info.device, config.precision)
     if not info.is_main:  # rank 0 first: it may generate or cache the data the others read
         barrier(info)
@@ -161,6 +163,9 @@ def build_run(config: TrainConfig, info: DistInfo, started: float,
     if sampler.batches_per_epoch() == 0:
         raise DataError(f"{len(train_ds)} training images give no full batch of "
                         f"{config.batch_size}: use a smaller --batch-size")
+    # Only now, every check passed, is the run folder written: a refused command changes
+    # nothing in it.
+    run_dir = prepare_run_dir(config) if info.is_main else Path(config.out)
     loader = DataLoader(train_ds, batch_sampler=sampler, num_workers=config.workers,
                         persistent_workers=config.workers > 0,
                         pin_memory=info.device.type == "cuda")
@@ -173,7 +178,7 @@ def build_run(config: TrainConfig, info: DistInfo, started: float,
     if config.time_budget and checkpoint is None:  # a resumed run keeps its saved plan
         plan = plan_run(config, unwrap(model), loss_fn, train_ds, val_ds,
                         sampler.batches_per_epoch(), batch, info.device, dtype,
-                        time.perf_counter() - started, info, run_dir)
+                        now() - started, info, run_dir, now)
         config = dataclasses.replace(config, epochs=plan["epochs"])
         if info.is_main:
             prepare_run_dir(config)  # config.toml with the planned epochs
@@ -187,7 +192,8 @@ def build_run(config: TrainConfig, info: DistInfo, started: float,
               optimizer, build_scheduler(optimizer, config,
                                              config.epochs * sampler.batches_per_epoch()),
               torch.amp.GradScaler(info.device.type, enabled=dtype == torch.float16),
-              sampler, loader, dtype, precision, model_args, batch, plan=plan, clock=started)
+              sampler, loader, dtype, precision, model_args, batch, plan=plan, clock=started,
+              now=now)
     if checkpoint is not None:
         restore(run, checkpoint, source)
     return run

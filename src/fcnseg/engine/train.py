@@ -24,7 +24,7 @@ from ..device import autocast
 from ..fileio import atomic_write_text
 from ..inference import Predictor
 from ..viz import plot_training_curves
-from .budget import replan_epochs, save_plan
+from .budget import Clock, replan_epochs, save_plan
 from .checkpoint import load_checkpoint
 from .config import TrainConfig, resolve_config
 from .distributed import (
@@ -78,14 +78,15 @@ def train(overrides: dict[str, Any], config_file: str | None = None, recipe: str
 
 
 def fit(config: TrainConfig, resume: str | Path | None = None, overwrite: bool = False,
-        checkpoint: dict[str, Any] | None = None) -> TrainResult:
+        checkpoint: dict[str, Any] | None = None, now: Clock = time.perf_counter) -> TrainResult:
     """Train per ``config``, resuming from the checkpoint file ``resume`` if given
-    (``checkpoint``: that file, when the caller has already read it).
+    (``checkpoint``: that file, when the caller has already read it). ``now`` is the clock
+    a ``--time-budget`` is measured with.
 
     A run folder that holds a run is refused unless ``resume`` or ``overwrite``; the
     folder is locked for the whole run (see :mod:`fcnseg.engine.rundir`).
     """
-    started = time.perf_counter()  # a --time-budget counts from here
+    started = now()  # a --time-budget counts from here
     info = setup_distributed(config.device)
     run_dir = Path(config.out)
     if resume is not None and checkpoint is None:
@@ -94,9 +95,9 @@ def fit(config: TrainConfig, resume: str | Path | None = None, overwrite: bool =
         if info.is_main:
             with run_folder_lock(run_dir):
                 check_run_folder(run_dir, resume is not None, overwrite)
-                run = build_run(config, info, started, checkpoint, resume)
+                run = build_run(config, info, started, checkpoint, resume, now)
                 return _train(run)
-        return _train(build_run(config, info, started, checkpoint, resume))
+        return _train(build_run(config, info, started, checkpoint, resume, now))
     except KeyboardInterrupt:
         if not (run_dir / "last.pt").is_file():
             raise KeyboardInterrupt("no checkpoint was written yet: run the same command "
@@ -118,7 +119,7 @@ def _train(run: Run) -> TrainResult:
         _say(run, f"nothing to do: the run is at its step limit ({state.step} steps, "
                   f"--max-steps {run.config.max_steps}); go on with --max-steps 0 (no limit) "
                   "or a larger value")
-    metrics, epoch_ends = None, [time.perf_counter()]
+    metrics, epoch_ends = None, [run.now()]
     while state.epoch < run.config.epochs and not _at_step_limit(run):
         whole_epoch = state.iteration == 0  # not the rest of one, after a resume
         run.sampler.set_epoch(state.epoch, skip=state.iteration)
@@ -128,10 +129,10 @@ def _train(run: Run) -> TrainResult:
             break
         row = _finish_epoch(run)
         if whole_epoch:  # only whole epochs tell the pace
-            epoch_ends.append(time.perf_counter())
+            epoch_ends.append(run.now())
             _keep_to_budget(run, epoch_ends)
         else:
-            epoch_ends = [time.perf_counter()]
+            epoch_ends = [run.now()]
         last = state.epoch == run.config.epochs or _at_step_limit(run)
         # Saved before validating: a failure there must not cost the epoch's training.
         save(run, "last.pt", f"after epoch {state.epoch}")
