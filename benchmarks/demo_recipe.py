@@ -35,6 +35,7 @@ from fcnseg.engine.evaluate import evaluate
 from fcnseg.engine.train import fit
 from fcnseg.inference import Predictor
 
+DEMO = resolve_config(DEMO_SETTINGS)  # the demo's recipe: its differences on fcnseg's
 OUT = Path(__file__).resolve().parent / "out" / "demo_recipe"
 
 
@@ -57,13 +58,13 @@ def _patch(args: argparse.Namespace) -> None:
 def main() -> None:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("--name", default="", help="run folder name (default: from the flags)")
-    p.add_argument("--lr", type=float, default=DEMO_SETTINGS["lr"])
-    p.add_argument("--epochs", type=int, default=DEMO_SETTINGS["epochs"])
-    p.add_argument("--batch-size", type=int, default=DEMO_SETTINGS["batch_size"])
-    p.add_argument("--optimizer", default=DEMO_SETTINGS["optimizer"])
-    p.add_argument("--weight-decay", type=float, default=DEMO_SETTINGS["weight_decay"])
-    p.add_argument("--loss", default=DEMO_SETTINGS["loss"])
-    p.add_argument("--boundary-weight", type=float, default=DEMO_SETTINGS["boundary_weight"])
+    p.add_argument("--lr", type=float, default=DEMO.lr)
+    p.add_argument("--epochs", type=int, default=DEMO.epochs)
+    p.add_argument("--batch-size", type=int, default=DEMO.batch_size)
+    p.add_argument("--optimizer", default=DEMO.optimizer)
+    p.add_argument("--weight-decay", type=float, default=DEMO.weight_decay)
+    p.add_argument("--loss", default=DEMO.loss)
+    p.add_argument("--boundary-weight", type=float, default=DEMO.boundary_weight)
     p.add_argument("--beta2", type=float, help="AdamW's beta2 (default: torch's 0.999)")
     p.add_argument("--fixed-upsample", action="store_true",
                    help="freeze the bilinear transposed convolutions")

@@ -46,3 +46,11 @@ def test_demo_writes_metrics_figures_and_a_usable_checkpoint(tmp_path, capsys):
                  str(tmp_path / "pred")]) == 0
     with Image.open(tmp_path / "pred" / "val_00000.png") as mask:
         assert mask.mode == "P" and mask.size == (image.shape[1], image.shape[0])
+
+
+def test_the_demo_settings_are_only_differences_from_the_recipe():
+    from fcnseg.engine.config import TrainConfig
+    from fcnseg.engine.demo import DEMO_SETTINGS
+
+    same = {k for k, v in DEMO_SETTINGS.items() if getattr(TrainConfig(), k) == v}
+    assert same <= {"dataset"}, same  # the data set is named for the reader

@@ -7,6 +7,7 @@ from typing import Any
 
 from ..errors import FcnsegError
 from ..inference import DEFAULT_TILE, MODES, RUNTIMES, Predictor
+from ..inference.functional import DEFAULT_TILE_BATCH
 from ..inference.runtimes import PRECISIONS
 
 
@@ -20,11 +21,11 @@ def add_inference_options(p: argparse.ArgumentParser) -> None:
                    help="pad: whole image padded to a multiple of 32 (exact, default); "
                         "slide: overlapping tiles with averaged class scores")
     g.add_argument("--tile", nargs=2, type=int, metavar=("H", "W"), default=DEFAULT_TILE,
-                   help="tile size for --mode slide (default: 320 480)")
+                   help="tile size for --mode slide (default: {} {})".format(*DEFAULT_TILE))
     g.add_argument("--stride", nargs=2, type=int, metavar=("H", "W"), default=None,
                    help="tile stride for --mode slide (default: 2/3 of the tile)")
-    g.add_argument("--tile-batch", type=int, default=4, metavar="N",
-                   help="tiles per forward pass in --mode slide (default: 4)")
+    g.add_argument("--tile-batch", type=int, default=DEFAULT_TILE_BATCH, metavar="N",
+                   help="tiles per forward pass in --mode slide (default: %(default)s)")
     g.add_argument("--flip", action="store_true",
                    help="test-time augmentation: average with the mirrored image")
     g.add_argument("--scales", nargs="+", type=float, default=[1.0], metavar="S",

@@ -72,14 +72,15 @@ def _axis_window(size: int, scale: float, crop: int | None,
 
 class TrainTransform:
     """Random scale -> random crop (pad image with the mean, mask with ignore) -> flip ->
-    colour jitter -> normalise. ``crop=None`` keeps the whole (scaled) image."""
+    colour jitter -> normalise. ``crop=None`` keeps the whole (scaled) image. The defaults
+    change nothing; a recipe's values come from its TrainConfig (fcnseg.engine.config)."""
 
     def __init__(
         self,
         meta: DatasetMeta,
-        crop: tuple[int, int] | None = (320, 480),
-        scale: tuple[float, float] | None = (0.5, 2.0),
-        flip: bool = True,
+        crop: tuple[int, int] | None = None,
+        scale: tuple[float, float] | None = None,
+        flip: bool = False,
         color_jitter: float = 0.0,
     ) -> None:
         if crop is not None and (len(crop) != 2 or min(crop) < 1):
@@ -159,12 +160,13 @@ def _jitter(img: torch.Tensor, amount: float) -> torch.Tensor:
 
 def train_transform(
     meta: DatasetMeta,
-    crop: tuple[int, int] | None = (320, 480),
-    scale: tuple[float, float] | None = (0.5, 2.0),
-    flip: bool = True,
+    crop: tuple[int, int] | None = None,
+    scale: tuple[float, float] | None = None,
+    flip: bool = False,
     color_jitter: float = 0.0,
 ) -> TrainTransform:
-    """The training transform (the chapter's 320 x 480 random crop, plus scale and flip)."""
+    """The training transform: random scale, crop, flip and colour jitter, as given (the
+    defaults change nothing: a run's values are its TrainConfig's)."""
     return TrainTransform(meta, crop=crop, scale=scale, flip=flip, color_jitter=color_jitter)
 
 

@@ -29,6 +29,7 @@ from ..errors import OptionError, UnknownNameError
 
 MODES = ("pad", "slide")
 DEFAULT_TILE = (320, 480)  # 320 x 480, the training crop of the d2l recipe
+DEFAULT_TILE_BATCH = 4  # tiles per forward pass
 
 
 Forward = Callable[[torch.Tensor], torch.Tensor]  # N x 3 x H x W -> N x C x H x W probs
@@ -46,7 +47,7 @@ class InferenceOptions:
     mode: str = "pad"
     tile: tuple[int, int] = DEFAULT_TILE
     stride: tuple[int, int] | None = None
-    tile_batch: int = 4
+    tile_batch: int = DEFAULT_TILE_BATCH
     flip: bool = False
     scales: tuple[float, ...] = (1.0,)
 
@@ -192,7 +193,8 @@ def _model_device(model: torch.nn.Module) -> torch.device:
 
 def predict_probabilities(
     model: torch.nn.Module, images: torch.Tensor | Sequence[torch.Tensor], mode: str = "pad",
-    tile: Sequence[int] = DEFAULT_TILE, stride: Sequence[int] | None = None, tile_batch: int = 4,
+    tile: Sequence[int] = DEFAULT_TILE, stride: Sequence[int] | None = None,
+    tile_batch: int = DEFAULT_TILE_BATCH,
     flip: bool = False, scales: Sequence[float] = (1.0,), dtype: torch.dtype = torch.float32,
 ) -> torch.Tensor | list[torch.Tensor]:
     """Class scores of whole *normalised* images: softmax probabilities, fp32, each image's size.
