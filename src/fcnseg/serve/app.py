@@ -176,7 +176,7 @@ def create_app(predictor: Predictor, settings: ServeSettings | None = None) -> F
         try:  # the body first: a slow uploader must not hold a place in the queue
             data, name = await asyncio.wait_for(read_upload(request, settings),
                                                 settings.body_timeout_s)
-        except TimeoutError as exc:
+        except asyncio.TimeoutError as exc:  # builtin TimeoutError from Python 3.11 on
             raise ApiError(408, f"the upload took longer than {settings.body_timeout_s:g} s: "
                                 "send it faster, or a smaller image") from exc
         except ClientDisconnect as exc:  # the client left mid-upload: nobody to answer
