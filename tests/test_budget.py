@@ -7,7 +7,7 @@ import json
 import pytest
 
 from fcnseg.cli import main
-from fcnseg.engine.budget import SAFETY, parse_duration, plan_epochs, replan_epochs
+from fcnseg.engine.budget import SAFETY, parse_duration, plan_epochs, recent_pace, replan_epochs
 from fcnseg.engine.checkpoint import load_checkpoint
 from fcnseg.engine.config import resolve_config
 from fcnseg.engine.train import fit
@@ -169,3 +169,12 @@ def test_a_run_slower_than_its_plan_is_shortened_and_resumes_shortened(data_dir,
     assert ck["progress"]["wall_s"] <= budget  # on the run's own clock
     # the lr schedule was rebuilt to end with the run: poly reaches ~0 at the last step
     assert ck["optimizer"]["param_groups"][-1]["lr"] < 0.1 * config.lr
+
+
+def test_one_slow_epoch_does_not_set_the_pace_and_a_lasting_slowdown_does():
+    steady = [0.0, 20.0, 40.0, 60.0, 80.0, 100.0]
+    spike = steady + [190.0]  # one epoch of 90 s: something else ran on the host
+    assert recent_pace(spike, 5) == 20.0
+    lasting = spike + [280.0, 370.0]
+    assert recent_pace(lasting, 5) == 90.0
+    assert recent_pace([0.0, 30.0], 5) == 30.0  # fewer epochs than the window

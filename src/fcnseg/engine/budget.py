@@ -21,6 +21,7 @@ from __future__ import annotations
 import copy
 import json
 import re
+import statistics
 import time
 from collections.abc import Callable
 from pathlib import Path
@@ -123,6 +124,14 @@ def replan_epochs(plan: dict[str, Any], elapsed_s: float, epochs_done: int, epoc
     if elapsed_s + (epochs - epochs_done) * epoch_s + last_validation_s > budget_s:
         return max(epochs_done, min(epochs, fit))
     return max(epochs, fit) if epochs_done < epochs / 4 else epochs
+
+
+def recent_pace(epoch_ends: list[float], window: int) -> float:
+    """Seconds an epoch takes now: the median of the last ``window`` epochs (a window that
+    holds about one validation). A median, so that one epoch slowed by something else on
+    the host does not cut a run's epochs for good; a slowdown that lasts moves it."""
+    ends = epoch_ends[-(window + 1):]
+    return statistics.median(b - a for a, b in zip(ends, ends[1:], strict=False))
 
 
 def plan_run(config: Any, model: torch.nn.Module, loss_fn: Callable, train_ds: Any,

@@ -24,7 +24,7 @@ from ..device import autocast
 from ..fileio import atomic_write_text
 from ..inference import Predictor
 from ..viz import plot_training_curves
-from .budget import Clock, replan_epochs, save_plan
+from .budget import Clock, recent_pace, replan_epochs, save_plan
 from .checkpoint import load_checkpoint
 from .config import TrainConfig, resolve_config
 from .distributed import (
@@ -158,9 +158,7 @@ def _keep_to_budget(run: Run, epoch_ends: list[float]) -> None:
     plan = run.plan
     if plan is None or run.config.epochs != plan["epochs"]:  # no budget, or --epochs given
         return
-    # The recent epochs, over a window that holds about one validation.
-    window = min(len(epoch_ends) - 1, max(3, run.config.val_every))
-    epoch_s = (epoch_ends[-1] - epoch_ends[-1 - window]) / window
+    epoch_s = recent_pace(epoch_ends, max(3, run.config.val_every))
     epochs = replan_epochs(plan, run.elapsed(), run.state.epoch, plan["epochs"], epoch_s)
     epochs = main_rank_int(epochs, run.info)
     if epochs == plan["epochs"]:
