@@ -10,8 +10,8 @@ import pytest
 import torch
 
 from fcnseg import build_model
+from fcnseg.checkpoint import model_entries, save_checkpoint
 from fcnseg.data import DatasetMeta, build_dataset
-from fcnseg.engine.checkpoint import model_entries, save_checkpoint
 
 CAMVID = Path(__file__).resolve().parents[2] / "shared" / "data" / "camvid"
 needs_camvid = pytest.mark.skipif(not (CAMVID / "val").is_dir(),
@@ -44,3 +44,33 @@ def make_checkpoint(path: Path, classes=TOY_CLASSES, palette=TOY_PALETTE, model=
 def toy_checkpoint(tmp_path_factory) -> Path:
     """A two-class (background, thing) untrained FCN-32s checkpoint on the tiny backbone."""
     return make_checkpoint(tmp_path_factory.mktemp("toy") / "best.pt")
+
+
+@pytest.fixture(scope="session")
+def deploy_venv(tmp_path_factory) -> Path:
+    """The bin folder of a fresh virtual environment holding fcnseg's built wheel installed
+    as the README's deployment install (``fcnseg[deploy]``, no PyTorch). Built once per run
+    from the checkout: the wheel, not the editable tree, so package data is tested too."""
+    import subprocess
+    import sys
+    import venv
+
+    root = Path(__file__).resolve().parents[1]
+    work = tmp_path_factory.mktemp("deploy")
+    subprocess.run([sys.executable, "-m", "pip", "wheel", "-q", "--no-deps", "-w",
+                    str(work / "wheel"), str(root)], check=True, capture_output=True)
+    wheel = next((work / "wheel").glob("fcnseg-*.whl"))
+    venv.create(work / "venv", with_pip=True)
+    bin_dir = work / "venv" / "bin"
+    subprocess.run([str(bin_dir / "pip"), "install", "-q", "--no-cache-dir",
+                    f"{wheel}[deploy]", "-c", str(root / "constraints.txt")],
+                   check=True, capture_output=True)
+    return bin_dir
+
+
+def export_model(checkpoint: Path, out: Path) -> Path:
+    """``fcnseg export`` of ``checkpoint`` (fp32, checked) to ``out``."""
+    from fcnseg.cli import main
+
+    assert main(["export", "--checkpoint", str(checkpoint), "--out", str(out)]) == 0
+    return out

@@ -11,10 +11,11 @@ import pytest
 
 import fcnseg.cli as cli
 
-# Allocate and free a 64 MiB block ten times and count the page faults. Without the setting
-# glibc unmaps the block on every free, so each new one faults in all 16,384 of its 4 KiB
-# pages (fewer with transparent huge pages). With it, the freed block is reused; the first
-# reuses can miss by a few bytes (posix_memalign's alignment padding), hence the margin.
+# Allocate and free a 64 MiB block twenty times and count the page faults of the last ten.
+# Without the setting glibc unmaps the block on every free, so each new one faults in all
+# 16,384 of its 4 KiB pages (fewer with transparent huge pages). With it, the freed block is
+# reused once the heap has settled: the first reuses can miss (posix_memalign's alignment
+# padding; on some hosts the first six blocks fault in anew), hence the warm-up.
 PROBE = """
 import resource
 import torch
@@ -22,7 +23,8 @@ from fcnseg.allocator import keep_freed_memory
 
 applied = keep_freed_memory()
 faults = lambda: resource.getrusage(resource.RUSAGE_SELF).ru_minflt
-torch.empty(16 << 20).fill_(1.0)
+for _ in range(10):
+    torch.empty(16 << 20).fill_(1.0)
 before = faults()
 for _ in range(10):
     torch.empty(16 << 20).fill_(1.0)

@@ -6,9 +6,9 @@ import json
 
 import pytest
 
+from fcnseg.checkpoint import load_checkpoint
 from fcnseg.cli import main
 from fcnseg.engine.budget import SAFETY, parse_duration, plan_epochs, recent_pace, replan_epochs
-from fcnseg.engine.checkpoint import load_checkpoint
 from fcnseg.engine.config import resolve_config
 from fcnseg.engine.train import fit
 from fcnseg.errors import FcnsegError

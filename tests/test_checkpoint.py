@@ -9,8 +9,7 @@ import pytest
 import torch
 
 from fcnseg import build_model
-from fcnseg.data import DatasetMeta
-from fcnseg.engine.checkpoint import (
+from fcnseg.checkpoint import (
     capture_rng_state,
     check_compatible,
     load_checkpoint,
@@ -19,6 +18,7 @@ from fcnseg.engine.checkpoint import (
     restore_rng_state,
     save_checkpoint,
 )
+from fcnseg.data import DatasetMeta
 from fcnseg.engine.config import TrainConfig
 from fcnseg.errors import CheckpointError
 

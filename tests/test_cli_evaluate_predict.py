@@ -71,8 +71,8 @@ def test_predict_writes_exact_sizes_and_skips_a_non_image(tmp_path, ckpt, capsys
 
 
 def test_predict_mask_matches_the_model(tmp_path, ckpt):
+    from fcnseg.checkpoint import model_from_checkpoint
     from fcnseg.data.transforms import Normalize
-    from fcnseg.engine.checkpoint import model_from_checkpoint
     from fcnseg.inference import predict_mask
 
     img = write_image(tmp_path / "x.png", 45, 70, seed=3)
@@ -140,9 +140,9 @@ def test_predict_unwritable_output_folder(tmp_path, ckpt, capsys):
 
 
 def test_evaluate_json_table_and_confusion(tmp_path, ckpt, capsys):
+    from fcnseg.checkpoint import model_from_checkpoint
     from fcnseg.data import build_dataset
     from fcnseg.data.transforms import eval_transform
-    from fcnseg.engine.checkpoint import model_from_checkpoint
     from fcnseg.inference import predict_mask
     from fcnseg.metrics import ConfusionMatrix
 

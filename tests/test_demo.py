@@ -6,11 +6,11 @@ import numpy as np
 import pytest
 from PIL import Image
 
+from fcnseg.checkpoint import model_from_checkpoint
 from fcnseg.cli import main
 from fcnseg.data import build_dataset
-from fcnseg.engine.checkpoint import model_from_checkpoint
-from fcnseg.engine.evaluate import evaluate
 from fcnseg.inference import Predictor
+from fcnseg.inference.evaluate import evaluate
 
 
 @pytest.mark.slow
@@ -49,8 +49,8 @@ def test_demo_writes_metrics_figures_and_a_usable_checkpoint(tmp_path, capsys):
 
 
 def test_the_demo_settings_are_only_differences_from_the_recipe():
+    from fcnseg.demo import DEMO_SETTINGS
     from fcnseg.engine.config import TrainConfig
-    from fcnseg.engine.demo import DEMO_SETTINGS
 
     same = {k for k, v in DEMO_SETTINGS.items() if getattr(TrainConfig(), k) == v}
     assert same <= {"dataset"}, same  # the data set is named for the reader

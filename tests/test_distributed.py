@@ -9,7 +9,7 @@ import sys
 
 import pytest
 
-from fcnseg.engine.distributed import DistInfo, per_rank_batch
+from fcnseg.distributed import DistInfo, per_rank_batch
 from fcnseg.errors import FcnsegError
 
 DATA = ["--data-option", "size=8", "--data-option", "image_size=48", "--data-option",
@@ -35,10 +35,10 @@ def data_dir(tmp_path_factory):
 
 @pytest.mark.slow
 def test_two_process_metrics_equal_one_process(data_dir, tmp_path):
+    from fcnseg.checkpoint import model_from_checkpoint
     from fcnseg.data import build_dataset
-    from fcnseg.engine.checkpoint import model_from_checkpoint
-    from fcnseg.engine.evaluate import evaluate
     from fcnseg.inference import Predictor
+    from fcnseg.inference.evaluate import evaluate
 
     out = tmp_path / "run"
     res = _torchrun(["--dataset", "shapes", "--data-dir", str(data_dir), *DATA,

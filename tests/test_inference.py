@@ -219,7 +219,7 @@ def test_bad_options_raise():
         predict_probabilities(model, torch.randn(1, 16, 16))
 
 
-# --- engine.evaluate: whole images of a split, one matrix, distributed without double counting
+# --- inference.evaluate: whole images of a split, one matrix, distributed without double counting
 
 
 class ToySplit(torch.utils.data.Dataset):
@@ -257,7 +257,7 @@ def _reference_matrix(model, ds) -> torch.Tensor:
 
 
 def test_evaluate_counts_every_pixel_once_and_saves_pictures(tmp_path):
-    from fcnseg.engine.evaluate import evaluate
+    from fcnseg.inference.evaluate import evaluate
 
     model, ds = Pointwise(), ToySplit()
     model.train()
@@ -279,7 +279,7 @@ def test_evaluate_counts_every_pixel_once_and_saves_pictures(tmp_path):
 def _rank_main(rank: int, world: int, init_file: str, out: str) -> None:
     import torch.distributed as dist
 
-    from fcnseg.engine.evaluate import evaluate
+    from fcnseg.inference.evaluate import evaluate
 
     dist.init_process_group("gloo", init_method=f"file://{init_file}", rank=rank,
                             world_size=world)

@@ -114,7 +114,7 @@ def test_a_lite_run_carries_its_normalisation_resumes_exactly_and_predicts(shape
                                                                            tmp_path):
     from conftest import SHAPES
     from fcnseg import Predictor
-    from fcnseg.engine.checkpoint import load_checkpoint
+    from fcnseg.checkpoint import load_checkpoint
     from fcnseg.engine.config import resolve_config
     from fcnseg.engine.optim import param_groups
     from fcnseg.engine.train import fit

@@ -7,7 +7,7 @@ import math
 import pytest
 import torch
 
-from fcnseg.engine.distributed import all_reduce_sum
+from fcnseg.distributed import all_reduce_sum
 from fcnseg.metrics import ConfusionMatrix
 
 

@@ -15,8 +15,8 @@ import numpy as np
 import pytest
 from PIL import Image
 
+from fcnseg.checkpoint import load_checkpoint
 from fcnseg.cli import main
-from fcnseg.engine.checkpoint import load_checkpoint
 from fcnseg.engine.rundir import run_folder_lock
 
 DATA = ["--data-option", "size=8", "--data-option", "image_size=48", "--data-option",

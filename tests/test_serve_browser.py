@@ -1,6 +1,9 @@
 """fcnseg serve in a real browser: Debian's Chromium, headless, drives the web page through
 its states: empty, a key prompt and the retry, a result, an error, a new upload over an old
-one; a screenshot of each lands in the test's folder (FCNSEG_SCREENSHOTS=DIR keeps them)."""
+one; a screenshot of each lands in the test's folder (FCNSEG_SCREENSHOTS=DIR keeps them).
+
+The server is the deployment install's (the built wheel with ``fcnseg[deploy]``, no
+PyTorch) serving an exported model, as a deployed service runs."""
 
 from __future__ import annotations
 
@@ -10,7 +13,6 @@ import os
 import shutil
 import socket
 import subprocess
-import sys
 import time
 import urllib.request
 from pathlib import Path
@@ -18,7 +20,7 @@ from pathlib import Path
 import pytest
 from PIL import Image
 
-from conftest import CAMVID, make_checkpoint
+from conftest import CAMVID, export_model, make_checkpoint
 from fcnseg.data.camvid import camvid_meta
 
 CHROMIUM, DRIVER = "/usr/bin/chromium", "/usr/bin/chromedriver"
@@ -33,17 +35,17 @@ def _need(what: str, ok: bool) -> None:
 
 
 @pytest.fixture(scope="module")
-def server(tmp_path_factory):
-    """A real `fcnseg serve` of a CamVid-class model that asks for an API key."""
-    pytest.importorskip("fastapi")
+def server(tmp_path_factory, deploy_venv):
+    """A real `fcnseg serve` of an exported CamVid-class model that asks for an API key."""
     meta = camvid_meta()
-    ckpt = make_checkpoint(tmp_path_factory.mktemp("browser") / "camvid.pt",
-                           meta.class_names, meta.palette, model="fcn8s")
+    folder = tmp_path_factory.mktemp("browser")
+    ckpt = make_checkpoint(folder / "camvid.pt", meta.class_names, meta.palette, model="fcn8s")
+    model = export_model(ckpt, folder / "camvid.onnx")
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
         port = s.getsockname()[1]
-    proc = subprocess.Popen([sys.executable, "-m", "fcnseg", "serve", "--checkpoint",
-                             str(ckpt), "--port", str(port), "--api-key", KEY],
+    proc = subprocess.Popen([str(deploy_venv / "fcnseg"), "serve", "--checkpoint",
+                             str(model), "--port", str(port), "--api-key", KEY],
                             stderr=subprocess.DEVNULL)
     base = f"http://127.0.0.1:{port}"
     deadline = time.time() + 120

@@ -16,9 +16,9 @@ import torch
 import torch.nn.functional as F
 
 from conftest import SHAPES
+from fcnseg.checkpoint import load_checkpoint, model_from_checkpoint
 from fcnseg.cli import main
 from fcnseg.engine import run as run_mod
-from fcnseg.engine.checkpoint import load_checkpoint, model_from_checkpoint
 from fcnseg.engine.config import resolve_config
 from fcnseg.engine.losses import build_loss, segmentation_loss
 from fcnseg.engine.optim import lr_factor, median_frequency_weights

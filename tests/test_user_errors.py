@@ -7,8 +7,8 @@ import pytest
 import torch
 from PIL import Image
 
+from fcnseg.checkpoint import save_checkpoint
 from fcnseg.cli import main
-from fcnseg.engine.checkpoint import save_checkpoint
 
 
 @pytest.fixture(scope="module")

@@ -10,11 +10,15 @@ from __future__ import annotations
 import argparse
 import importlib
 import sys
-from typing import NoReturn
+from typing import Any, NoReturn
 
 from . import __version__
 from .allocator import keep_freed_memory
 from .errors import FcnsegError
+
+# Packages of the training install (`pip install "fcnseg[train]"`): an install for exported
+# models has none of them, and a command that needs one says so in one line.
+TRAINING_PACKAGES = ("torch", "torchvision", "timm", "matplotlib")
 
 # Sub-command name -> module under fcnseg.commands. Each module only registers its options
 # here; what a command needs (the training engine, FastAPI...) is imported inside its run().
@@ -47,9 +51,36 @@ def build_parser() -> argparse.ArgumentParser:
     sub = parser.add_subparsers(dest="command", metavar="COMMAND", parser_class=Parser)
     sub.required = True
     for name, help_text in COMMANDS.items():
-        module = importlib.import_module(f".commands.{name}", __package__)
+        try:
+            module = importlib.import_module(f".commands.{name}", __package__)
+        except ModuleNotFoundError as exc:
+            if _package(exc) not in TRAINING_PACKAGES:
+                raise
+            _add_unavailable(sub, name, help_text, _package(exc))
+            continue
         module.add_parser(sub, help_text)
     return parser
+
+
+def _package(exc: ModuleNotFoundError) -> str:
+    return (exc.name or "").split(".")[0]
+
+
+def missing_package(command: str, package: str) -> FcnsegError:
+    """The one line for a command whose packages this install does not have."""
+    return FcnsegError(f"fcnseg {command} needs {package}, which this install does not have "
+                       "(it runs exported models): pip install 'fcnseg[train]' -c constraints.txt")
+
+
+def _add_unavailable(sub: Any, name: str, help_text: str, package: str) -> None:
+    """A command whose options need a missing package: any arguments, one line of advice."""
+    p = sub.add_parser(name, help=f"{help_text} [needs {package}: pip install 'fcnseg[train]']",
+                       add_help=False, prefix_chars="\0")
+    p.add_argument("arguments", nargs=argparse.REMAINDER)
+
+    def run(args: argparse.Namespace) -> int:
+        raise missing_package(name, package)
+    p.set_defaults(func=run)
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -59,6 +90,11 @@ def main(argv: list[str] | None = None) -> int:
     keep_freed_memory()  # a process-wide malloc setting: the application's call, not the library's
     try:
         status = args.func(args)
+    except ModuleNotFoundError as exc:
+        if _package(exc) not in TRAINING_PACKAGES:
+            raise
+        print(f"fcnseg: error: {missing_package(args.command, _package(exc))}", file=sys.stderr)
+        return 2
     except FcnsegError as exc:
         print(f"fcnseg: error: {exc}", file=sys.stderr)
         return 2

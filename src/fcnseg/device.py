@@ -4,22 +4,29 @@ bf16 autocast only pays off on CPUs with bf16 matrix units (AMX) or AVX512-BF16:
 plain AVX-512 CPU PyTorch emulates bf16 and a ResNet-18 training step runs ~2.5x *slower*
 than fp32 (measured on this project's CI machine). So ``precision="auto"`` asks the CPU
 what it has instead of assuming, and every caller can print the reason.
+
+PyTorch is imported by the functions that return its types: the memory and CPU checks serve
+the runtimes of exported models too, in an install without PyTorch.
 """
 
 from __future__ import annotations
 
 from contextlib import AbstractContextManager, nullcontext
 from pathlib import Path
-
-import torch
+from typing import TYPE_CHECKING
 
 from .errors import FcnsegError
+
+if TYPE_CHECKING:
+    import torch
 
 PRECISIONS = ("auto", "fp32", "bf16", "fp16")
 
 
 def select_device(name: str = "auto") -> torch.device:
     """Return the torch device for ``name`` ("auto", "cpu", "cuda", "cuda:1", ...)."""
+    import torch
+
     if name == "auto":
         return torch.device("cuda" if torch.cuda.is_available() else "cpu")
     try:
@@ -32,18 +39,25 @@ def select_device(name: str = "auto") -> torch.device:
 
 
 def cpu_has_fast_bf16() -> bool:
-    """True when the CPU has AMX tiles or AVX512-BF16 instructions (fast bf16 matmuls)."""
+    """True when the CPU has AMX tiles or AVX512-BF16 instructions (fast bf16 matmuls).
+
+    Read from the kernel's CPU flags where there are any (Linux), else asked of PyTorch.
+    """
+    try:
+        with open("/proc/cpuinfo") as fh:
+            flags = next((line.split(":", 1)[1].split() for line in fh
+                          if line.startswith("flags")), None)
+    except OSError:
+        flags = None
+    if flags is not None:
+        return bool({"amx_tile", "avx512_bf16"} & set(flags))
+    try:
+        import torch
+    except ImportError:  # an install for exported models only
+        return False
     cpu = getattr(torch, "cpu", None)
-    checks = ("_is_amx_tile_supported", "_is_avx512_bf16_supported")
-    for check in checks:
-        fn = getattr(cpu, check, None)
-        if fn is not None:
-            try:
-                if fn():
-                    return True
-            except Exception:  # pragma: no cover - very old torch builds
-                continue
-    return False
+    return any(getattr(cpu, check, lambda: False)()
+               for check in ("_is_amx_tile_supported", "_is_avx512_bf16_supported"))
 
 
 def resolve_precision(device: torch.device, precision: str = "auto") -> tuple[torch.dtype, str]:
@@ -51,6 +65,8 @@ def resolve_precision(device: torch.device, precision: str = "auto") -> tuple[to
 
     ``torch.float32`` means: no autocast.
     """
+    import torch
+
     if precision not in PRECISIONS:
         raise FcnsegError(f"unknown precision {precision!r}: choose one of {', '.join(PRECISIONS)}")
     if precision == "fp32":
@@ -73,6 +89,8 @@ def resolve_precision(device: torch.device, precision: str = "auto") -> tuple[to
 
 def autocast(device: torch.device, dtype: torch.dtype) -> AbstractContextManager:
     """An autocast context for ``dtype``, or a no-op for fp32."""
+    import torch
+
     if dtype == torch.float32:
         return nullcontext()
     return torch.autocast(device_type=device.type, dtype=dtype)

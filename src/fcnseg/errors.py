@@ -39,3 +39,9 @@ class UnknownNameError(FcnsegError, KeyError):
 
     def __str__(self) -> str:  # KeyError.__str__ would wrap the message in quotes
         return str(self.args[0])
+
+
+def first_line(exc: BaseException, limit: int = 160) -> str:
+    """The first line of an error's text, cut at a word boundary within ``limit``."""
+    text = (str(exc).strip() or type(exc).__name__).splitlines()[0]
+    return text if len(text) <= limit else text[:limit].rsplit(" ", 1)[0] + " ..."

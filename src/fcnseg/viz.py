@@ -16,7 +16,6 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
-import torch
 from PIL import Image
 
 from .data.io import PNG_LEVEL
@@ -27,7 +26,8 @@ Palette = Sequence[Sequence[int]]
 
 
 def _np(a: Any) -> np.ndarray:
-    if isinstance(a, torch.Tensor):
+    """A numpy array of ``a`` (an array, or a tensor on any device: no PyTorch import)."""
+    if hasattr(a, "detach"):
         return a.detach().cpu().numpy()
     return np.asarray(a)
 
@@ -68,11 +68,11 @@ def overlay(image: Any, mask: Any, palette: Palette, alpha: float = 0.5,
     return np.clip(np.rint(out), 0, 255).astype(np.uint8)
 
 
-def denormalize(image: torch.Tensor, mean: Sequence[float], std: Sequence[float]) -> np.ndarray:
-    """Undo the normalisation of a ``3 x H x W`` tensor -> uint8 ``H x W x 3`` for display."""
-    t = image.detach().float().cpu()
-    t = t * torch.tensor(std).view(3, 1, 1) + torch.tensor(mean).view(3, 1, 1)
-    return (t.clamp(0, 1) * 255).round().byte().permute(1, 2, 0).numpy()
+def denormalize(image: Any, mean: Sequence[float], std: Sequence[float]) -> np.ndarray:
+    """Undo the normalisation of a ``3 x H x W`` image -> uint8 ``H x W x 3`` for display."""
+    t = _np(image).astype(np.float32)
+    t = t * np.float32(std).reshape(3, 1, 1) + np.float32(mean).reshape(3, 1, 1)
+    return np.rint(np.clip(t, 0, 1) * 255).astype(np.uint8).transpose(1, 2, 0)
 
 
 def png_bytes(image: Image.Image | np.ndarray) -> bytes:

@@ -1,4 +1,4 @@
-"""``fcnseg demo``: the whole pipeline offline in a few minutes on a CPU (engine/demo.py)."""
+"""``fcnseg demo``: the whole pipeline offline in a few minutes on a CPU (fcnseg/demo.py)."""
 
 from __future__ import annotations
 
@@ -6,7 +6,7 @@ import argparse
 from pathlib import Path
 from typing import Any
 
-from ..engine.demo import DEMO_DATA, DEMO_SETTINGS
+from ..demo import DEMO_DATA, DEMO_SETTINGS
 
 
 def add_parser(subparsers: Any, help_text: str) -> None:
@@ -24,7 +24,7 @@ def add_parser(subparsers: Any, help_text: str) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    from ..engine.demo import run_demo
+    from ..demo import run_demo
 
     summary = run_demo(args.out, args.epochs, args.size, args.image_size, args.seed,
                        args.device)

@@ -76,9 +76,9 @@ def run(args: argparse.Namespace) -> int:
     import json
 
     from ..data import build_dataset
-    from ..engine.evaluate import evaluate
     from ..errors import FcnsegError
     from ..fileio import atomic_write, check_output_file
+    from ..inference.evaluate import evaluate
     from ..metrics import format_table, metrics_report
     from ..viz import confusion_matrix_figure
 

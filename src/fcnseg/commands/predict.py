@@ -86,7 +86,7 @@ def _write_grid(grid: list[tuple[Any, Any, Any]], meta: Any, path: str) -> None:
 def run(args: argparse.Namespace) -> int:
     from tqdm import tqdm
 
-    from ..engine.distributed import rank_and_world
+    from ..distributed import rank_and_world
     from ..errors import FcnsegError
     from ..fileio import check_output_file, ensure_writable_dir
     from ..inference.batch import collect_inputs, predict_files

@@ -3,31 +3,40 @@
 ``build_dataset(name, root, split, transform=None, download=False, **options)`` is the one
 entry point; every data set yields ``(float image 3xHxW, int64 mask HxW)`` with labels in
 ``[0, num_classes)`` or 255 (ignored), and carries its :class:`DatasetMeta`.
+
+Reading and writing images (:mod:`.io`) and class metadata (:mod:`.meta`) need no PyTorch;
+the data sets and transforms do, and are imported when first used.
 """
 
 from __future__ import annotations
 
+import importlib
 import inspect
 import os
-from collections.abc import Callable
 from pathlib import Path
+from typing import TYPE_CHECKING, Any
 
 from ..errors import DataError, FcnsegError, UnknownNameError
-from .base import SegmentationDataset, Transform
-from .camvid import build_camvid, camvid_meta
-from .folder import build_folder
 from .io import read_image, read_mask
 from .meta import DatasetMeta, voc_colormap
-from .shapes import build_shapes, render_sample, shapes_meta
-from .transforms import eval_transform, train_transform
-from .voc import build_voc, voc_meta
 
-DATASETS: dict[str, Callable[..., SegmentationDataset]] = {
-    "voc": build_voc,
-    "camvid": build_camvid,
-    "folder": build_folder,
-    "shapes": build_shapes,
-}
+if TYPE_CHECKING:
+    from .base import SegmentationDataset, Transform
+
+# Data set name -> its module, whose ``build_<name>`` builds it.
+DATASETS: dict[str, str] = {"voc": "voc", "camvid": "camvid", "folder": "folder",
+                            "shapes": "shapes"}
+# The other public names -> the module that defines them (imported on first use).
+_LAZY = {"SegmentationDataset": "base", "Transform": "base", "build_camvid": "camvid",
+         "camvid_meta": "camvid", "build_folder": "folder", "build_shapes": "shapes",
+         "render_sample": "shapes", "shapes_meta": "shapes", "eval_transform": "transforms",
+         "train_transform": "transforms", "build_voc": "voc", "voc_meta": "voc"}
+
+
+def __getattr__(name: str) -> Any:
+    if name in _LAZY:
+        return getattr(importlib.import_module(f".{_LAZY[name]}", __name__), name)
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
 
 
 def _check_root(root: Path) -> None:
@@ -62,7 +71,7 @@ def build_dataset(
     """
     if name not in DATASETS:
         raise UnknownNameError("dataset", name, sorted(DATASETS))
-    builder = DATASETS[name]
+    builder = getattr(importlib.import_module(f".{DATASETS[name]}", __name__), f"build_{name}")
     params = inspect.signature(builder).parameters
     valid = [p for p in params if p not in ("root", "split", "transform", "download")]
     unknown = sorted(set(options) - set(valid))

@@ -1,5 +1,7 @@
-"""Training engine: plain functions (config, checkpoints, the loop, DDP helpers).
+"""Training: the config, the run and its loop, the time budget, data loading, losses, optimizers.
 
-Sub-modules are imported where needed (``from fcnseg.engine.checkpoint import ...``) so that
-importing one does not pull in the others.
+Only training lives here; checkpoint files (:mod:`fcnseg.checkpoint`), process groups
+(:mod:`fcnseg.distributed`) and evaluation (:mod:`fcnseg.inference.evaluate`) sit below it,
+so that predicting never imports the training package. Sub-modules are imported where
+needed (``from fcnseg.engine.train import train``).
 """

@@ -29,12 +29,12 @@ from typing import Any
 
 import torch
 
+from ..checkpoint import save_checkpoint
 from ..device import autocast
+from ..distributed import main_rank_int
 from ..errors import FcnsegError
 from ..fileio import atomic_write_text
 from ..viz import plot_training_curves
-from .checkpoint import save_checkpoint
-from .distributed import main_rank_int
 
 UNITS = {"s": 1.0, "m": 60.0, "min": 60.0, "h": 3600.0}
 # Share of the budget left for what the plan cannot time: data loading stalls, checkpoint

@@ -20,20 +20,20 @@ import numpy as np
 import torch
 from torch.utils.data import DataLoader
 
-from ..data import DatasetMeta
-from ..device import resolve_precision
-from ..errors import CheckpointError, DataError, FcnsegError
-from ..models import build_model
-from .budget import Clock, describe, load_plan, plan_run, save_plan
-from .checkpoint import (
+from ..checkpoint import (
     capture_rng_state,
     check_compatible,
     model_entries,
     restore_rng_state,
     save_checkpoint,
 )
+from ..data import DatasetMeta
+from ..device import resolve_precision
+from ..distributed import DistInfo, barrier, per_rank_batch, unwrap
+from ..errors import CheckpointError, DataError, FcnsegError
+from ..models import build_model
+from .budget import Clock, describe, load_plan, plan_run, save_plan
 from .config import TrainConfig
-from .distributed import DistInfo, barrier, per_rank_batch, unwrap
 from .loader import EpochBatchSampler, build_train_val_data
 from .losses import build_loss
 from .optim import build_optimizer, build_scheduler, median_frequency_weights

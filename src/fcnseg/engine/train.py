@@ -19,15 +19,10 @@ from typing import Any
 import torch
 from tqdm import tqdm
 
+from ..checkpoint import load_checkpoint
 from ..data import DatasetMeta
 from ..device import autocast
-from ..fileio import atomic_write_text
-from ..inference import Predictor
-from ..viz import plot_training_curves
-from .budget import Clock, recent_pace, replan_epochs, save_plan
-from .checkpoint import load_checkpoint
-from .config import TrainConfig, resolve_config
-from .distributed import (
+from ..distributed import (
     all_reduce_sum,
     barrier,
     cleanup_distributed,
@@ -35,7 +30,12 @@ from .distributed import (
     setup_distributed,
     sync_buffers,
 )
-from .evaluate import evaluate
+from ..fileio import atomic_write_text
+from ..inference import Predictor
+from ..inference.evaluate import evaluate
+from ..viz import plot_training_curves
+from .budget import Clock, recent_pace, replan_epochs, save_plan
+from .config import TrainConfig, resolve_config
 from .run import DivergedError, Run, build_run, reschedule, save
 from .rundir import check_run_folder, run_folder_lock
 

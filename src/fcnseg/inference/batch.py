@@ -18,7 +18,6 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
-import torch
 
 from ..data.io import IMAGE_EXTENSIONS, ImageTooLargeError, read_image, write_mask
 from ..errors import FcnsegError
@@ -148,8 +147,8 @@ def predict_files(predictor: Predictor, files: list[Path], out: Path, *, alpha: 
                     refill()
                     continue
                 for o, p in zip(ready, results, strict=True):
-                    o.status, o.mask = "written", p.argmax(0).to(torch.uint8).numpy()
-                    arr = p.numpy().astype(np.float16) if probs else None
+                    o.status, o.mask = "written", p.argmax(0).astype(np.uint8)
+                    arr = p.astype(np.float16) if probs else None
                     writes.append((pool.submit(_write, predictor, o, out, names[o.path], alpha,
                                                arr), o))
             refill()

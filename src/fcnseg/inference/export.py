@@ -34,11 +34,11 @@ import torch
 from torch import nn
 
 from .. import __version__
+from ..checkpoint import model_from_checkpoint
 from ..data import build_dataset
 from ..data.io import read_image
 from ..data.meta import DatasetMeta
 from ..data.transforms import Normalize
-from ..engine.checkpoint import model_from_checkpoint
 from ..errors import FcnsegError
 from ..fileio import atomic_write, check_output_file
 from ..metrics import ConfusionMatrix
@@ -92,7 +92,7 @@ def export_onnx(checkpoint: str | Path, out: str | Path, *, int8: bool = False,
     the checkpoint's validation split (or, without one, of the calibration images) judge
     an int8 file.
     """
-    onnx = require("onnx")
+    onnx = require("onnx", "export")
     out = Path(out)
     if out.suffix.lower() != ".onnx":
         raise FcnsegError(f"--out {out}: an exported model's name ends in .onnx")
@@ -181,7 +181,7 @@ def check_int8(deployable: nn.Module, path: Path, samples: list[tuple[np.ndarray
         x = torch.from_numpy(image.transpose(2, 0, 1)[None].astype(np.float32))
         with torch.no_grad():
             ref = deployable(x).argmax(1)[0]
-        got = runtime(x).argmax(1)[0]
+        got = torch.from_numpy(np.ascontiguousarray(runtime(x.numpy()).argmax(1)[0]))
         same, total = same + int((got == ref).sum()), total + ref.numel()
         if mask is not None:
             target = torch.from_numpy(mask.astype(np.int64))
@@ -215,7 +215,7 @@ def check_fp32(deployable: nn.Module, path: Path,
         x = _check_batch(h, w, seed=i)
         with torch.no_grad():
             ref = deployable(x)
-        got = runtime(x)
+        got = torch.from_numpy(np.ascontiguousarray(runtime(x.numpy())))
         if got.shape != ref.shape:
             raise FcnsegError(f"the export gives {tuple(got.shape)} for a {tuple(x.shape)} "
                               f"input where PyTorch gives {tuple(ref.shape)}")
@@ -295,8 +295,8 @@ def _quantize(fp32: Path, out: Path, images: list[np.ndarray]) -> Path:
     quantizer lost 0.12 mIoU on an EfficientNet-Lite FCN where NNCF lost none
     (benchmarks/RESULTS.md).
     """
-    nncf = require("nncf")
-    onnx = require("onnx")
+    nncf = require("nncf", "export")
+    onnx = require("onnx", "export")
     data = nncf.Dataset([{"image": img.transpose(2, 0, 1)[None].astype(np.float32)}
                          for img in images])
     model = nncf.quantize(onnx.load(str(fp32)), data, subset_size=len(images))

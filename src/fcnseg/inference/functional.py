@@ -13,6 +13,9 @@ The D2L chapter predicts a 320 x 480 crop and leaves whole images as an exercise
 Both return softmax probabilities (fp32), which is what test-time augmentation averages:
 horizontal flips and rescaled copies are predicted, mapped back to the image (flip back,
 bilinear resize of the probabilities) and averaged.
+
+Written in numpy, so that an exported model predicts with no PyTorch installed; a runtime
+is any callable from ``float32 N x 3 x H x W`` pixels to ``N x C x H x W`` probabilities.
 """
 
 from __future__ import annotations
@@ -21,10 +24,8 @@ from collections import defaultdict
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 
-import torch
-import torch.nn.functional as F
+import numpy as np
 
-from ..device import autocast
 from ..errors import OptionError, UnknownNameError
 
 MODES = ("pad", "slide")
@@ -32,7 +33,7 @@ DEFAULT_TILE = (320, 480)  # 320 x 480, the training crop of the d2l recipe
 DEFAULT_TILE_BATCH = 4  # tiles per forward pass
 
 
-Forward = Callable[[torch.Tensor], torch.Tensor]  # N x 3 x H x W -> N x C x H x W probs
+Forward = Callable[[np.ndarray], np.ndarray]  # N x 3 x H x W -> N x C x H x W probs
 
 
 @dataclass(frozen=True)
@@ -79,23 +80,19 @@ class InferenceOptions:
         return max(1, self.tile[0] * 2 // 3), max(1, self.tile[1] * 2 // 3)
 
 
-def model_forward(model: torch.nn.Module, dtype: torch.dtype = torch.float32) -> Forward:
-    """The :data:`Forward` of a PyTorch segmentation model: softmax probabilities, fp32.
+def resize_bilinear(x: np.ndarray, size: tuple[int, int]) -> np.ndarray:
+    """Bilinear resize of ``N x C x H x W`` float32 to ``size`` (half-pixel centres, no
+    antialias: PyTorch's ``interpolate(mode="bilinear", align_corners=False)``)."""
+    def axis(n_in: int, n_out: int) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+        src = np.maximum((np.arange(n_out) + 0.5) * (n_in / n_out) - 0.5, 0)
+        lo = np.minimum(np.floor(src).astype(np.int64), n_in - 1)
+        return lo, np.minimum(lo + 1, n_in - 1), (src - lo).astype(np.float32)
 
-    ``dtype`` bf16/fp16 runs the model under autocast. Outputs smaller than the input
-    (models that do not crop back themselves) are upsampled bilinearly.
-    """
-    def forward(x: torch.Tensor) -> torch.Tensor:
-        x = x.contiguous(memory_format=torch.channels_last)
-        with autocast(x.device, dtype):
-            out = model(x)
-        if isinstance(out, dict):
-            out = out["out"]
-        out = out.float()
-        if out.shape[-2:] != x.shape[-2:]:
-            out = F.interpolate(out, size=x.shape[-2:], mode="bilinear", align_corners=False)
-        return out.softmax(1)
-    return forward
+    top, bottom, wy = axis(x.shape[-2], size[0])
+    left, right, wx = axis(x.shape[-1], size[1])
+    wy = wy[:, None]
+    rows = x[..., top, :] * (1 - wy) + x[..., bottom, :] * wy
+    return rows[..., left] * (1 - wx) + rows[..., right] * wx
 
 
 def _positions(size: int, tile: int, stride: int) -> list[int]:
@@ -108,8 +105,8 @@ def _positions(size: int, tile: int, stride: int) -> list[int]:
     return starts
 
 
-def _slide(forward: Forward, x: torch.Tensor, opts: InferenceOptions,
-           fill: torch.Tensor | None) -> torch.Tensor:
+def _slide(forward: Forward, x: np.ndarray, opts: InferenceOptions,
+           fill: np.ndarray | None) -> np.ndarray:
     """Sliding-window probabilities of a batch of equal-sized images ``x`` (N x 3 x H x W)."""
     n, _, h, w = x.shape
     th, tw = opts.tile
@@ -118,117 +115,68 @@ def _slide(forward: Forward, x: torch.Tensor, opts: InferenceOptions,
     # normalised inputs), the least surprising filler. The padding is cropped off at the end.
     ph, pw = max(h, th), max(w, tw)
     if (ph, pw) != (h, w):
-        x = F.pad(x if fill is None else x - fill, (0, pw - w, 0, ph - h))
-        x = x if fill is None else x + fill
+        padded = np.empty((n, 3, ph, pw), np.float32)
+        padded[...] = 0 if fill is None else fill
+        padded[:, :, :h, :w] = x
+        x = padded
     ys, xs = _positions(ph, th, sh), _positions(pw, tw, sw)
     jobs = [(i, y, xx) for i in range(n) for y in ys for xx in xs]
-    total: torch.Tensor | None = None
-    count = torch.zeros((1, 1, ph, pw), device=x.device)
+    total: np.ndarray | None = None
+    count = np.zeros((ph, pw), np.float32)
     for y in ys:
         for xx in xs:
-            count[..., y:y + th, xx:xx + tw] += 1
+            count[y:y + th, xx:xx + tw] += 1
     for start in range(0, len(jobs), opts.tile_batch):
         chunk = jobs[start:start + opts.tile_batch]
-        tiles = torch.stack([x[i, :, y:y + th, xx:xx + tw] for i, y, xx in chunk])
-        probs = forward(tiles)
+        probs = forward(np.stack([x[i, :, y:y + th, xx:xx + tw] for i, y, xx in chunk]))
         if total is None:  # the class count is only known after the first forward
-            total = torch.zeros((n, probs.shape[1], ph, pw), device=probs.device)
+            total = np.zeros((n, probs.shape[1], ph, pw), np.float32)
         for (i, y, xx), p in zip(chunk, probs, strict=True):
             total[i, :, y:y + th, xx:xx + tw] += p
     assert total is not None
-    return (total / count.to(total.device))[:, :, :h, :w]
+    total /= count
+    return total[:, :, :h, :w]
 
 
-def predict_batch(forward: Forward, x: torch.Tensor, opts: InferenceOptions,
-                  fill: torch.Tensor | None = None) -> torch.Tensor:
-    """Probabilities (N x C x H x W, fp32) of equal-sized images ``x`` under ``opts``.
+def predict_batch(forward: Forward, x: np.ndarray, opts: InferenceOptions,
+                  fill: np.ndarray | None = None) -> np.ndarray:
+    """Probabilities (N x C x H x W, float32) of equal-sized images ``x`` under ``opts``.
 
     ``forward`` maps image batches to probabilities; ``fill`` (3 x 1 x 1) is the value that
     pads images smaller than a sliding tile (None: zero, the mean of normalised inputs).
     Flipped and rescaled views are mapped back to the image and averaged as probabilities.
     """
     h, w = x.shape[-2:]
-    total: torch.Tensor | None = None
+    total: np.ndarray | None = None
     views = 0
     for scale in opts.scales:
         xs = x
         if scale != 1.0:
-            size = (max(1, round(h * scale)), max(1, round(w * scale)))
-            xs = F.interpolate(x, size=size, mode="bilinear", align_corners=False)
+            xs = resize_bilinear(x, (max(1, round(h * scale)), max(1, round(w * scale))))
         for flipped in (False, True) if opts.flip else (False,):
-            xv = xs.flip(-1) if flipped else xs
+            xv = np.ascontiguousarray(xs[..., ::-1]) if flipped else xs
             p = forward(xv) if opts.mode == "pad" else _slide(forward, xv, opts, fill)
             if flipped:
-                p = p.flip(-1)
+                p = p[..., ::-1]
             if p.shape[-2:] != (h, w):
-                p = F.interpolate(p, size=(h, w), mode="bilinear", align_corners=False)
-            total = p if total is None else total.add_(p)
+                p = resize_bilinear(p, (h, w))
+            total = p if total is None else total + p
             views += 1
     assert total is not None
     return total / views if views > 1 else total
 
 
-def predict_grouped(forward: Forward, images: Sequence[torch.Tensor], opts: InferenceOptions,
-                    device: torch.device | str = "cpu",
-                    fill: torch.Tensor | None = None) -> list[torch.Tensor]:
+def predict_grouped(forward: Forward, images: Sequence[np.ndarray], opts: InferenceOptions,
+                    fill: np.ndarray | None = None) -> list[np.ndarray]:
     """:func:`predict_batch` over ``3 x H x W`` images of any sizes, equal sizes batched."""
     groups: dict[tuple[int, ...], list[int]] = defaultdict(list)
     for i, img in enumerate(images):
-        if img.dim() != 3 or img.shape[0] != 3:
+        if img.ndim != 3 or img.shape[0] != 3:
             raise ValueError(f"expected 3 x H x W images, got {tuple(img.shape)}")
         groups[tuple(img.shape)].append(i)
-    results: list[torch.Tensor | None] = [None] * len(images)
+    results: list[np.ndarray | None] = [None] * len(images)
     for idx in groups.values():
-        batch = torch.stack([images[i] for i in idx]).to(device).float()
+        batch = np.stack([images[i] for i in idx]).astype(np.float32, copy=False)
         for i, p in zip(idx, predict_batch(forward, batch, opts, fill), strict=True):
             results[i] = p
     return results  # type: ignore[return-value]
-
-
-def _model_device(model: torch.nn.Module) -> torch.device:
-    for p in model.parameters():
-        return p.device
-    return torch.device("cpu")
-
-
-def predict_probabilities(
-    model: torch.nn.Module, images: torch.Tensor | Sequence[torch.Tensor], mode: str = "pad",
-    tile: Sequence[int] = DEFAULT_TILE, stride: Sequence[int] | None = None,
-    tile_batch: int = DEFAULT_TILE_BATCH,
-    flip: bool = False, scales: Sequence[float] = (1.0,), dtype: torch.dtype = torch.float32,
-) -> torch.Tensor | list[torch.Tensor]:
-    """Class scores of whole *normalised* images: softmax probabilities, fp32, each image's size.
-
-    The functional form of :class:`fcnseg.Predictor` for a PyTorch model. ``images`` is a
-    normalised ``N x 3 x H x W`` tensor (returns ``N x C x H x W``) or a list of
-    ``3 x H x W`` tensors of any sizes (returns a list of ``C x H x W``; equal sizes are
-    batched together). Scores live on the model's device. ``dtype`` bf16/fp16 runs the
-    model under autocast; the scores are averaged in fp32 either way.
-    """
-    opts = InferenceOptions(mode, tuple(tile), None if stride is None else tuple(stride),
-                            tile_batch, flip, tuple(scales))
-    device = _model_device(model)
-    forward = model_forward(model, dtype)
-    was_training = model.training
-    model.eval()
-    try:
-        with torch.inference_mode():
-            if isinstance(images, torch.Tensor):
-                if images.dim() != 4 or images.shape[1] != 3:
-                    raise ValueError(f"expected N x 3 x H x W images, got {tuple(images.shape)}")
-                return predict_batch(forward, images.to(device).float(), opts)
-            return predict_grouped(forward, images, opts, device)
-    finally:
-        model.train(was_training)
-
-
-def predict_mask(model: torch.nn.Module, images: torch.Tensor | Sequence[torch.Tensor],
-                 **options) -> torch.Tensor | list[torch.Tensor]:
-    """Class indices (int64) of whole images: ``N x H x W``, or a list of ``H x W``.
-
-    Takes the same options as :func:`predict_probabilities`.
-    """
-    probs = predict_probabilities(model, images, **options)
-    if isinstance(probs, torch.Tensor):
-        return probs.argmax(1)
-    return [p.argmax(0) for p in probs]

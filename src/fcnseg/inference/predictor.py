@@ -18,14 +18,13 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
-import torch
 
 from ..data.io import ImageTooLargeError, read_image
 from ..data.meta import DatasetMeta
 from ..device import available_memory
 from ..errors import OptionError
 from .functional import InferenceOptions, predict_grouped
-from .runtimes import TorchRuntime, load_runtime
+from .runtimes import load_runtime
 
 ImageLike = Any  # a path (str / Path), a PIL image, or an H x W x 3 uint8 array
 
@@ -45,7 +44,7 @@ class Predictor:
         self.options = options or InferenceOptions()
         self.source, self.info, self.reason = source, info or {}, reason
         # Images smaller than a sliding tile are padded with the mean colour (in 0-255).
-        self._fill = torch.tensor([255 * m for m in meta.mean]).view(3, 1, 1)
+        self._fill = np.float32([255 * m for m in meta.mean]).reshape(3, 1, 1)
 
     @classmethod
     def from_file(cls, path: str | Path, *, runtime: str = "auto", device: str = "auto",
@@ -60,11 +59,16 @@ class Predictor:
         return cls(rt, meta, InferenceOptions(**options), str(path), info, reason)
 
     @classmethod
-    def from_model(cls, model: torch.nn.Module, meta: DatasetMeta,
-                   dtype: torch.dtype = torch.float32, **options: Any) -> Predictor:
-        """Wrap a PyTorch model in memory (no copy: training validation uses the live model)."""
+    def from_model(cls, model: Any, meta: DatasetMeta, dtype: Any = None,
+                   **options: Any) -> Predictor:
+        """Wrap a PyTorch model in memory (no copy: training validation uses the live model);
+        ``dtype`` bf16/fp16 runs it under autocast (default fp32)."""
+        import torch
+
+        from .torch_model import TorchRuntime
+
         device = next((p.device for p in model.parameters()), torch.device("cpu"))
-        rt = TorchRuntime(model, meta, device, dtype)
+        rt = TorchRuntime(model, meta, device, dtype or torch.float32)
         return cls(rt, meta, InferenceOptions(**options), reason=f"torch on {device}")
 
     def with_options(self, **changes: Any) -> Predictor:
@@ -98,14 +102,14 @@ class Predictor:
     # -- inference ----------------------------------------------------------------------------
     def predict_proba(self, image: ImageLike) -> np.ndarray:
         """Class probabilities of one image: ``C x H x W`` float32 at the image's size."""
-        return self.predict_many([image])[0].cpu().numpy()
+        return np.ascontiguousarray(self.predict_many([image])[0])
 
     def predict(self, image: ImageLike) -> np.ndarray:
         """Class ids of one image: ``H x W`` uint8 at the image's exact size."""
-        return self.predict_many([image])[0].argmax(0).to(torch.uint8).cpu().numpy()
+        return self.predict_many([image])[0].argmax(0).astype(np.uint8)
 
-    def predict_many(self, images: Sequence[ImageLike]) -> list[torch.Tensor]:
-        """Probabilities (``C x H x W`` float32 tensors) of images of any sizes.
+    def predict_many(self, images: Sequence[ImageLike]) -> list[np.ndarray]:
+        """Probabilities (``C x H x W`` float32 arrays) of images of any sizes.
 
         Images of equal size go through the model together (one batch). An image too large
         for a whole-image pass in the memory available (:meth:`fits_whole`) is predicted
@@ -118,13 +122,11 @@ class Predictor:
         fits = [self.fits_whole(*p.shape[1:]) for p in pixels]
         whole = [i for i, ok in enumerate(fits) if ok]
         tiled = [i for i, ok in enumerate(fits) if not ok]
-        out: list[torch.Tensor | None] = [None] * len(pixels)
-        with torch.inference_mode():  # TTA sums views in place: no autograd bookkeeping
-            for idx, opts in ((whole, self.options), (tiled, self.tiled_options)):
-                probs = predict_grouped(self._runtime, [pixels[i] for i in idx], opts, "cpu",
-                                        self._fill)
-                for i, p in zip(idx, probs, strict=True):
-                    out[i] = p
+        out: list[np.ndarray | None] = [None] * len(pixels)
+        for idx, opts in ((whole, self.options), (tiled, self.tiled_options)):
+            probs = predict_grouped(self._runtime, [pixels[i] for i in idx], opts, self._fill)
+            for i, p in zip(idx, probs, strict=True):
+                out[i] = p
         return out  # type: ignore[return-value]
 
     def fits_whole(self, height: int, width: int) -> bool:
@@ -164,17 +166,17 @@ class Predictor:
         return dataclasses.replace(self.options, mode="slide")
 
 
-def to_pixels(image: ImageLike) -> torch.Tensor:
-    """A ``3 x H x W`` float32 tensor of RGB pixels (0-255) from a path, PIL image or array."""
+def to_pixels(image: ImageLike) -> np.ndarray:
+    """A ``3 x H x W`` float32 array of RGB pixels (0-255) from a path, PIL image or array."""
     if isinstance(image, (str, Path)):
         image = read_image(image)
     elif hasattr(image, "convert") and hasattr(image, "size"):  # a PIL image
         image = np.asarray(image.convert("RGB"))
-    if isinstance(image, torch.Tensor):
-        image = image.numpy()
+    if hasattr(image, "detach"):  # a tensor
+        image = image.detach().cpu().numpy()
     if not isinstance(image, np.ndarray) or image.dtype != np.uint8 or image.ndim != 3 \
             or image.shape[2] != 3 or min(image.shape[:2]) < 1:
         got = f"{image.dtype} {image.shape}" if isinstance(image, np.ndarray) else type(image)
         raise OptionError(f"expected an image path, a PIL image or an H x W x 3 uint8 array, "
                           f"got {got}")
-    return torch.from_numpy(np.ascontiguousarray(image.transpose(2, 0, 1), dtype=np.float32))
+    return np.ascontiguousarray(image.transpose(2, 0, 1), dtype=np.float32)

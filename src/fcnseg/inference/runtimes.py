@@ -5,28 +5,29 @@ Every runtime is a callable ``float32 N x 3 x H x W`` RGB pixels in 0-255 (not n
 (:mod:`.functional`) are written once for all of them. Each one normalises as its model
 was trained to: PyTorch here, an exported model inside its graph.
 
-* ``torch``: a checkpoint (``.pt``), BatchNorm folded, channels-last, autocast per precision.
+* ``torch``: a checkpoint (``.pt``), BatchNorm folded, channels-last, autocast per precision
+  (:mod:`.torch_model`, imported only for a checkpoint).
 * ``onnxruntime``: an exported ``.onnx`` (fp32 or int8 QDQ), the portable default.
 * ``openvino``: an exported ``.onnx``, read directly (``--runtime openvino``); bf16 on CPUs
   with bf16 units (the same rule as PyTorch's ``precision auto``), int8 from an int8 export.
+
+Exported models need neither PyTorch nor the ``onnx`` package: the metadata is read from
+the file's protobuf fields directly (:func:`read_onnx_metadata`).
 """
 
 from __future__ import annotations
 
 import json
+import os
 from pathlib import Path
-from typing import Any
+from typing import Any, BinaryIO
 
-import torch
+import numpy as np
 
 from ..data.meta import DatasetMeta
-from ..data.transforms import Normalize
 from ..device import PRECISIONS as DEVICE_PRECISIONS
-from ..device import cpu_has_fast_bf16, resolve_precision, select_device
-from ..engine.checkpoint import first_line, model_from_checkpoint
-from ..errors import CheckpointError, FcnsegError, UnknownNameError
-from ..models.fusion import fold_batchnorm
-from .functional import model_forward
+from ..device import cpu_has_fast_bf16
+from ..errors import CheckpointError, FcnsegError, UnknownNameError, first_line
 
 RUNTIMES = ("torch", "onnxruntime", "openvino")
 # File suffix -> the runtime that reads it by default (``runtime="auto"``).
@@ -37,29 +38,6 @@ META_KEY, ARGS_KEY, CONFIG_KEY = "fcnseg.meta", "fcnseg.model_args", "fcnseg.con
 PRECISION_KEY = "fcnseg.precision"
 
 
-class TorchRuntime:
-    """A PyTorch model with its normalisation, on ``device`` under ``dtype`` autocast."""
-
-    name = "torch"
-
-    def __init__(self, model: torch.nn.Module, meta: DatasetMeta, device: torch.device,
-                 dtype: torch.dtype = torch.float32) -> None:
-        self.model, self.device, self.dtype = model, device, dtype
-        self.precision = {torch.bfloat16: "bf16", torch.float16: "fp16"}.get(dtype, "fp32")
-        normalize = Normalize(meta.mean, meta.std)  # the training transform's x * a - b
-        self._a, self._b = normalize.a.to(device), normalize.b.to(device)
-        self._forward = model_forward(model, dtype)
-
-    def __call__(self, x: torch.Tensor) -> torch.Tensor:
-        was_training = self.model.training  # validation during training: restore it after
-        self.model.eval()
-        try:
-            with torch.inference_mode():
-                return self._forward(x.to(self.device).mul(self._a).sub_(self._b))
-        finally:
-            self.model.train(was_training)
-
-
 class OnnxRuntime:
     """An exported model run by ONNX Runtime on the CPU (fp32, or int8 if exported so)."""
 
@@ -68,7 +46,7 @@ class OnnxRuntime:
     def __init__(self, path: Path, threads: int | None = None) -> None:
         ort = require("onnxruntime")
         options = ort.SessionOptions()
-        options.intra_op_num_threads = threads or torch.get_num_threads()
+        options.intra_op_num_threads = threads or cpu_threads()
         options.log_severity_level = 3  # warnings about unused initialisers are noise here
         try:
             self.session = ort.InferenceSession(str(path), options,
@@ -79,9 +57,8 @@ class OnnxRuntime:
         self.metadata = dict(self.session.get_modelmeta().custom_metadata_map)
         self.precision = self.metadata.get(PRECISION_KEY, "fp32")
 
-    def __call__(self, x: torch.Tensor) -> torch.Tensor:
-        out = self.session.run(["probs"], {"image": x.detach().cpu().float().numpy()})[0]
-        return torch.from_numpy(out)
+    def __call__(self, x: np.ndarray) -> np.ndarray:
+        return self.session.run(["probs"], {"image": x})[0]
 
 
 class OpenVinoRuntime:
@@ -97,21 +74,24 @@ class OpenVinoRuntime:
         except Exception as exc:
             raise CheckpointError(f"{path} is not a model OpenVINO can read "
                                   f"({first_line(exc)}); export it with `fcnseg export`") from exc
-        self.metadata = read_onnx_metadata(path)
+        try:
+            self.metadata = read_onnx_metadata(path)
+        except (OSError, ValueError) as exc:
+            raise CheckpointError(f"{path}: its metadata is unreadable ({first_line(exc)}); "
+                                  "export it again with `fcnseg export`") from exc
         int8 = self.metadata.get(PRECISION_KEY) == "int8"
         if precision == "auto":  # bf16 only where the CPU has bf16 units, as for PyTorch
             precision = "bf16" if cpu_has_fast_bf16() else "fp32"
         if precision not in ("fp32", "bf16"):
             raise FcnsegError(f"--precision {precision} with openvino: use auto, fp32 or bf16")
         config = {"INFERENCE_PRECISION_HINT": "bf16" if precision == "bf16" else "f32",
-                  "INFERENCE_NUM_THREADS": threads or torch.get_num_threads(),
+                  "INFERENCE_NUM_THREADS": threads or cpu_threads(),
                   "PERFORMANCE_HINT": "LATENCY"}
         self.compiled = core.compile_model(model, "CPU", config)
         self.precision = "int8" if int8 else precision
 
-    def __call__(self, x: torch.Tensor) -> torch.Tensor:
-        out = self.compiled({"image": x.detach().cpu().float().numpy()})
-        return torch.from_numpy(out[self.compiled.output("probs")].copy())
+    def __call__(self, x: np.ndarray) -> np.ndarray:
+        return self.compiled({"image": x})[self.compiled.output("probs")].copy()
 
 
 def load_runtime(path: str | Path, runtime: str = "auto", device: str = "auto",
@@ -131,14 +111,10 @@ def load_runtime(path: str | Path, runtime: str = "auto", device: str = "auto",
     if name == "torch":
         if precision == "int8":
             raise FcnsegError("--precision int8 needs an int8 export: fcnseg export --int8 ...")
-        dev = select_device(device)
-        dtype, reason = resolve_precision(dev, precision)
-        model, meta, checkpoint = model_from_checkpoint(path, dev)
-        # BatchNorm folded into the convs (same outputs, fewer passes); channels-last is
-        # the fast layout for convolutions on CPUs (oneDNN) and tensor cores.
-        model = fold_batchnorm(model).to(memory_format=torch.channels_last)
-        info = {"model_args": checkpoint["model_args"], "config": checkpoint.get("config") or {}}
-        return TorchRuntime(model, meta, dev, dtype), meta, info, f"torch on {dev}, {reason}"
+        require("torch", "train", f"reading {path} (a PyTorch checkpoint) ")
+        from .torch_model import load_torch_runtime
+
+        return load_torch_runtime(path, device, precision)
     if device not in ("auto", "cpu"):
         raise FcnsegError(f"--device {device}: the {name} runtime runs on the CPU; "
                           "use a .pt checkpoint for CUDA")
@@ -180,10 +156,65 @@ def _runtime_name(path: Path, runtime: str) -> str:
 
 
 def read_onnx_metadata(path: str | Path) -> dict[str, str]:
-    """The ``metadata_props`` of an ONNX file (without loading its weights)."""
-    onnx = require("onnx")
-    model = onnx.load(str(path), load_external_data=False)
-    return {p.key: p.value for p in model.metadata_props}
+    """The ``metadata_props`` of an ONNX file, read without loading its weights.
+
+    An ONNX file is a protobuf ``ModelProto``; its field 14 holds ``{key: 1, value: 2}``
+    string pairs. The other fields (the graph and its weights) are skipped by length.
+    """
+    found: dict[str, str] = {}
+    with open(path, "rb") as fh:
+        size = os.fstat(fh.fileno()).st_size
+        while fh.tell() < size:
+            field, wire = divmod(_varint(fh), 8)
+            if wire == 2:
+                length = _varint(fh)
+                if field == 14:
+                    entry = _fields(fh.read(length))
+                    found[entry.get(1, b"").decode()] = entry.get(2, b"").decode()
+                else:
+                    fh.seek(length, os.SEEK_CUR)
+            elif wire in (1, 5):
+                fh.seek(8 if wire == 1 else 4, os.SEEK_CUR)
+            elif wire == 0:
+                _varint(fh)
+            else:
+                raise ValueError(f"not an ONNX model (protobuf wire type {wire})")
+    return found
+
+
+def _varint(fh: BinaryIO) -> int:
+    value, shift = 0, 0
+    while True:
+        byte = fh.read(1)
+        if not byte:
+            raise ValueError("not an ONNX model (the file ends inside a field)")
+        value |= (byte[0] & 0x7F) << shift
+        shift += 7
+        if not byte[0] & 0x80:
+            return value
+
+
+def _fields(data: bytes) -> dict[int, bytes]:
+    """The length-delimited fields of a small protobuf message (a metadata entry)."""
+    import io
+
+    fh, out = io.BytesIO(data), {}
+    while fh.tell() < len(data):
+        field, wire = divmod(_varint(fh), 8)
+        if wire != 2:
+            raise ValueError("not an ONNX model (a metadata entry that is not a string)")
+        out[field] = fh.read(_varint(fh))
+    return out
+
+
+def cpu_threads() -> int:
+    """Threads for a runtime: ``OMP_NUM_THREADS`` when set, else the CPUs this process may
+    use (PyTorch's default too)."""
+    if os.environ.get("OMP_NUM_THREADS", "").isdigit():
+        return max(1, int(os.environ["OMP_NUM_THREADS"]))
+    if hasattr(os, "sched_getaffinity"):
+        return len(os.sched_getaffinity(0))
+    return os.cpu_count() or 1
 
 
 def _meta_from(metadata: dict[str, str], path: Path) -> tuple[DatasetMeta, dict[str, Any]]:
@@ -200,14 +231,14 @@ def _meta_from(metadata: dict[str, str], path: Path) -> tuple[DatasetMeta, dict[
     return meta, info
 
 
-def require(module: str, extra: str = "deploy") -> Any:
+def require(module: str, extra: str = "deploy", what: str = "this ") -> Any:
     """Import an optional dependency, or say in one line which fcnseg extra installs it."""
     import importlib
 
     try:
         return importlib.import_module(module)
     except ImportError as exc:
-        raise FcnsegError(f"this needs {module.split('.')[0]}: pip install 'fcnseg[{extra}]' "
-                          "-c constraints.txt") from exc
+        raise FcnsegError(f"{what}needs {module.split('.')[0]}, which this install does not "
+                          f"have: pip install 'fcnseg[{extra}]' -c constraints.txt") from exc
 
 

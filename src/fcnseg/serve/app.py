@@ -20,7 +20,6 @@ from pathlib import Path
 from typing import Any, Literal
 
 import numpy as np
-import torch
 from fastapi import Depends, FastAPI, Query, Request, Security
 from fastapi.exceptions import RequestValidationError
 from fastapi.openapi.docs import get_swagger_ui_html
@@ -191,7 +190,7 @@ def create_app(predictor: Predictor, settings: ServeSettings | None = None) -> F
             p = predictor.with_options(mode=mode or predictor.options.mode,
                                        flip=flip or predictor.options.flip)
             probs = await gate.run(request, checked, p.predict_many, [image])
-            labels = probs[0].argmax(0).to(torch.uint8).numpy()
+            labels = probs[0].argmax(0).astype(np.uint8)
             return await run_in_threadpool(render, predictor, image, labels, output, alpha,
                                            mask)
         finally:

@@ -14,15 +14,15 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
-from ..data import build_dataset
-from ..device import resolve_precision
-from ..fileio import atomic_write, atomic_write_text, ensure_writable_dir
-from ..inference import Predictor
-from ..metrics import metrics_report
-from ..viz import prediction_grid
-from .config import resolve_config
-from .evaluate import evaluate
-from .train import fit
+from .data import build_dataset
+from .device import resolve_precision
+from .engine.config import resolve_config
+from .engine.train import fit
+from .fileio import atomic_write, atomic_write_text, ensure_writable_dir
+from .inference import Predictor
+from .inference.evaluate import evaluate
+from .metrics import metrics_report
+from .viz import prediction_grid
 
 # The demo's recipe as its differences from fcnseg's (TrainConfig's defaults: FCN-8s, AdamW +
 # poly, batch 8, flips, cross entropy + Lovasz-softmax with boundary pixels weighted, which
@@ -88,7 +88,7 @@ def run_demo(out: str | Path = "fcnseg-demo", epochs: int = DEMO_SETTINGS["epoch
     say("[4/4] drawing predictions")
     count = min(6, len(val))
     images, truths = zip(*(val.read_raw(i) for i in range(count)), strict=True)
-    preds = [p.argmax(0).numpy() for p in predictor.predict_many(images)]
+    preds = [p.argmax(0) for p in predictor.predict_many(images)]
     prediction_grid(list(images), preds, list(truths), meta=val.meta,
                     path=out / "predictions.png")
     curves = (run_dir / "curves.png").read_bytes()

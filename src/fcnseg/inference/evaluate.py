@@ -15,11 +15,11 @@ import numpy as np
 import torch
 from torch.utils.data import DataLoader, Dataset
 
+from ..distributed import all_reduce_sum, rank_and_world
 from ..fileio import ensure_writable_dir
 from ..inference import Predictor
 from ..metrics import ConfusionMatrix
 from ..viz import colorize, save_image
-from .distributed import all_reduce_sum, rank_and_world
 
 
 class _RawImages(Dataset):
@@ -73,8 +73,8 @@ def evaluate(predictor: Predictor, dataset: Any, batch_size: int = 1, progress: 
     for batch in batches:
         probs = predictor.predict_many([image for image, _ in batch])
         for (image, target), p in zip(batch, probs, strict=True):
-            pred = p.argmax(0)
-            cm.update(pred, torch.from_numpy(target).to(pred.device))
+            pred = torch.from_numpy(p.argmax(0))
+            cm.update(pred, torch.from_numpy(target))
             if save_dir is not None and saved < max_images:
                 _save_strip(save_dir, dataset, indices[position], image, target, pred, meta)
                 saved += 1
@@ -84,7 +84,7 @@ def evaluate(predictor: Predictor, dataset: Any, batch_size: int = 1, progress: 
 
 
 def _save_strip(folder: Path, dataset: Any, index: int, image: np.ndarray,
-                target: np.ndarray, pred: torch.Tensor, meta: Any) -> None:
+                target: np.ndarray, pred: Any, meta: Any) -> None:
     """Image, ground truth and prediction side by side (pytorch-fcn's validation pictures)."""
     files = getattr(dataset, "files", None)
     stem = Path(files[index][0]).stem if files else "image"

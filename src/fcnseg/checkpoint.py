@@ -14,11 +14,11 @@ from typing import Any
 import numpy as np
 import torch
 
-from .. import __version__
-from ..data import DatasetMeta
-from ..errors import CheckpointError
-from ..fileio import atomic_write, deferred_interrupts
-from ..models import build_model
+from . import __version__
+from .data import DatasetMeta
+from .errors import CheckpointError, first_line
+from .fileio import atomic_write, deferred_interrupts
+from .models import build_model
 
 # Keys every fcnseg checkpoint has; used to tell our files from any other ``.pt`` file.
 REQUIRED_KEYS = ("model", "model_args", "meta", "fcnseg_version")
@@ -87,12 +87,6 @@ def load_checkpoint(path: str | Path, resume: bool = False) -> dict[str, Any]:
                               f"entries, so fcnseg cannot {what}; use a last.pt written by "
                               "`fcnseg train`")
     return checkpoint
-
-
-def first_line(exc: BaseException, limit: int = 160) -> str:
-    """The first line of an error's text, cut at a word boundary within ``limit``."""
-    text = (str(exc).strip() or type(exc).__name__).splitlines()[0]
-    return text if len(text) <= limit else text[:limit].rsplit(" ", 1)[0] + " ..."
 
 
 def check_compatible(checkpoint: dict[str, Any], model_args: dict[str, Any], path: Any,

@@ -3,18 +3,30 @@
 ``torchrun --nproc-per-node N [--nnodes M ...] -m fcnseg train ...`` sets RANK, WORLD_SIZE,
 LOCAL_RANK (and MASTER_ADDR/PORT); a plain ``fcnseg train`` has none of them and runs as a
 world of one, through the same code path. Only rank 0 prints and writes files.
+
+PyTorch is imported by the functions that need it: ``fcnseg predict`` of an exported model
+splits its files by :func:`rank_and_world` in an install without PyTorch.
 """
 
 from __future__ import annotations
 
 import os
+import sys
 from dataclasses import dataclass
+from typing import TYPE_CHECKING, Any
 
-import torch
-import torch.distributed as dist
+from .device import select_device
+from .errors import FcnsegError
 
-from ..device import select_device
-from ..errors import FcnsegError
+if TYPE_CHECKING:
+    import torch
+
+
+def _group() -> Any:
+    """``torch.distributed`` when this process has joined a process group, else None (no
+    group can exist before PyTorch is imported, so this does not import it)."""
+    dist = sys.modules.get("torch.distributed")
+    return dist if dist is not None and dist.is_available() and dist.is_initialized() else None
 
 
 @dataclass
@@ -24,7 +36,7 @@ class DistInfo:
     rank: int = 0
     world_size: int = 1
     local_rank: int = 0
-    device: torch.device = torch.device("cpu")
+    device: torch.device | str = "cpu"
 
     @property
     def is_main(self) -> bool:
@@ -40,6 +52,9 @@ def setup_distributed(device_name: str = "auto") -> DistInfo:
 
     gloo on CPU, nccl on CUDA; each local rank uses ``cuda:LOCAL_RANK``.
     """
+    import torch
+    import torch.distributed as dist
+
     world_size = int(os.environ.get("WORLD_SIZE", "1"))
     rank = int(os.environ.get("RANK", "0"))
     local_rank = int(os.environ.get("LOCAL_RANK", "0"))
@@ -66,7 +81,8 @@ def setup_distributed(device_name: str = "auto") -> DistInfo:
 def rank_and_world(env: bool = False) -> tuple[int, int]:
     """``(rank, world_size)`` of the joined process group; without one, torchrun's
     environment when ``env`` (work split by rank that needs no communication), else (0, 1)."""
-    if dist.is_available() and dist.is_initialized():
+    dist = _group()
+    if dist is not None:
         return dist.get_rank(), dist.get_world_size()
     if env:
         return int(os.environ.get("RANK", "0")), int(os.environ.get("WORLD_SIZE", "1"))
@@ -75,14 +91,15 @@ def rank_and_world(env: bool = False) -> tuple[int, int]:
 
 def cleanup_distributed() -> None:
     """Leave the process group (no-op for a world of one)."""
-    if dist.is_available() and dist.is_initialized():
+    dist = _group()
+    if dist is not None:
         dist.destroy_process_group()
 
 
 def barrier(info: DistInfo) -> None:
     """Wait for every rank (no-op for a world of one)."""
     if info.enabled:
-        dist.barrier()
+        _group().barrier()
 
 
 def all_reduce_sum(tensor: torch.Tensor, info: DistInfo | None = None) -> torch.Tensor:
@@ -91,11 +108,11 @@ def all_reduce_sum(tensor: torch.Tensor, info: DistInfo | None = None) -> torch.
     Without ``info``, over whatever process group this process has joined. NCCL reduces
     CUDA tensors only: a CPU tensor travels through this rank's GPU.
     """
-    joined = info.enabled if info is not None else dist.is_available() and dist.is_initialized()
-    if not joined:
+    dist = _group()
+    if dist is None or (info is not None and not info.enabled):
         return tensor
     if dist.get_backend() == "nccl" and tensor.device.type == "cpu":
-        on_gpu = tensor.to(torch.device("cuda", torch.cuda.current_device()))
+        on_gpu = tensor.to(f"cuda:{sys.modules['torch'].cuda.current_device()}")
         dist.all_reduce(on_gpu, op=dist.ReduceOp.SUM)
         return tensor.copy_(on_gpu.cpu())
     dist.all_reduce(tensor, op=dist.ReduceOp.SUM)
@@ -104,6 +121,8 @@ def all_reduce_sum(tensor: torch.Tensor, info: DistInfo | None = None) -> torch.
 
 def main_rank_int(value: int, info: DistInfo) -> int:
     """Rank 0's ``value`` on every rank: one decision (a plan's epochs) that all follow."""
+    import torch
+
     mine = torch.tensor([value if info.is_main else 0], device=info.device)
     return int(all_reduce_sum(mine, info).item())
 
@@ -141,4 +160,4 @@ def sync_buffers(model: torch.nn.Module, info: DistInfo) -> None:
     """
     if info.enabled:
         for buffer in model.buffers():
-            dist.broadcast(buffer, src=0)
+            _group().broadcast(buffer, src=0)
