@@ -3,8 +3,10 @@
 Starts ``fcnseg serve`` on a free 127.0.0.1 port, then for each client count N sends CamVid
 val images (360 x 480 PNGs, raw bodies) from N threads for ``--seconds``; reports requests/s,
 latency percentiles, errors and the server's peak RSS. An overload phase (many clients, a
-small queue) shows the 503 + Retry-After answers instead of growing memory. The model's own
-rate is ``fcnseg predict`` on the same images in the same run (decode + predict + write).
+small queue) shows the 503 + Retry-After answers instead of growing memory. A slow-client
+phase keeps ``--slow-clients`` uploads trickling one byte a second while one client sends
+images: what that client gets, and what the slow ones are answered. The model's own rate is
+``fcnseg predict`` on the same images in the same run (decode + predict + write).
 
     python benchmarks/serve_load.py --checkpoint runs/camvid/best.pt --json out.json
 """
@@ -103,6 +105,51 @@ def load(base: str, bodies: list[bytes], clients: int, seconds: float,
             "requests_per_s": len(ok) / wall, "p50_s": q[49], "p95_s": q[94], "p99_s": q[98]}
 
 
+def trickle(base: str, seconds: float, answers: list[str]) -> None:
+    """One upload that declares 1 MB and sends a byte a second for ``seconds``; appends the
+    status line the server answered ("closed" when it hung up without one)."""
+    host, port = base.removeprefix("http://").split(":")
+    with socket.create_connection((host, int(port)), timeout=seconds + 60) as sock:
+        sock.sendall(b"POST /v1/segment HTTP/1.1\r\nHost: x\r\nContent-Type: image/png\r\n"
+                     b"Content-Length: 1000000\r\n\r\n")
+        deadline = time.perf_counter() + seconds
+        try:
+            while time.perf_counter() < deadline:
+                sock.sendall(b"\x89")
+                sock.settimeout(1.0)
+                try:
+                    reply = sock.recv(200)
+                except TimeoutError:
+                    continue
+                answers.append(reply.split(b"\r\n")[0].decode() if reply else "closed")
+                return
+        except OSError:
+            answers.append("closed")
+            return
+    answers.append("still open")
+
+
+def slow_phase(model: list[str], bodies: list[bytes], slow: int, seconds: float) -> dict:
+    """``slow`` trickling uploads and one normal client at once, on a fresh server."""
+    proc, base = start(model, [])
+    answers: list[str] = []
+    try:
+        post(base + "/v1/segment", bodies[0])  # warm-up
+        threads = [threading.Thread(target=trickle, args=(base, seconds, answers))
+                   for _ in range(slow)]
+        for t in threads:
+            t.start()
+        time.sleep(2)  # every slow upload has begun
+        row = load(base, bodies, 1, seconds - 4)
+        for t in threads:
+            t.join()
+    finally:
+        proc.terminate()
+        proc.wait()
+    row.update(slow_clients=slow, slow_answers=sorted(answers))
+    return row
+
+
 def predict_rate(model: list[str], folder: Path) -> float:
     """``fcnseg predict --no-overlay`` images/s on ``folder`` (masks only, as the service's
     default answer; its own loop rate, start-up excluded)."""
@@ -122,6 +169,10 @@ def main() -> None:
     parser.add_argument("--clients", nargs="+", type=int, default=[1, 2, 4])
     parser.add_argument("--seconds", type=float, default=30)
     parser.add_argument("--overload-clients", type=int, default=16)
+    parser.add_argument("--slow-clients", type=int, default=9,
+                        help="uploads trickling a byte a second in the slow-client phase")
+    parser.add_argument("--slow-seconds", type=float, default=40,
+                        help="its length (the server's body timeout is 30 s)")
     parser.add_argument("--json", type=Path, default=Path("benchmarks/out/serve_load.json"))
     args = parser.parse_args()
     model = ["--checkpoint", args.checkpoint, "--runtime", args.runtime]
@@ -163,8 +214,12 @@ def main() -> None:
     print(f"overload, {args.overload_clients} clients, queue 2: {over['ok']} ok, "
           f"{over['busy_503']} x 503, {over['errors']} other errors, peak RSS "
           f"{over['peak_rss_mib']:.0f} MiB (normal load: {rss:.0f} MiB)")
+    slow = slow_phase(model, bodies, args.slow_clients, args.slow_seconds)
+    print(f"{args.slow_clients} slow uploads and 1 client for {args.slow_seconds:.0f} s: "
+          f"{slow['requests_per_s']:.2f} req/s, p95 {slow['p95_s']:.2f} s, {slow['errors']} "
+          f"errors, {slow['busy_503']} x 503; the slow ones got {slow['slow_answers']}")
     write_report(args.json, predict_images_per_s=[before, after], rows=rows, peak_rss_mib=rss,
-                 overload=over)
+                 overload=over, slow_clients=slow)
     print(f"wrote {args.json}")
 
 

