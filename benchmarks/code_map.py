@@ -25,9 +25,7 @@ def function_lengths(path: Path) -> list[tuple[int, str]]:
 
 def imports_of(path: Path, root: Path) -> tuple[set[str], set[str]]:
     """(fcnseg modules, third-party top-level packages) that ``path`` imports anywhere."""
-    package = path.relative_to(root.parent).with_suffix("").parts
-    if package[-1] != "__init__":
-        package = package[:-1]
+    package = path.relative_to(root.parent).with_suffix("").parts[:-1]  # a/b.py, a/__init__
     inner, outer = set(), set()
     for node in ast.walk(ast.parse(path.read_text())):
         if isinstance(node, ast.Import):

@@ -135,7 +135,7 @@ def test_the_cli_takes_durations(data_dir, tmp_path, capsys):
 @pytest.mark.slow
 def test_a_run_slower_than_its_plan_is_shortened_and_resumes_shortened(data_dir, tmp_path,
                                                                          monkeypatch, capsys):
-    import fcnseg.engine.run as run_module
+    import fcnseg.engine.budget as budget_module
     import fcnseg.engine.train as train_module
 
     def quick_plan(config, *args, **kwargs):  # 40 epochs of 2 steps: planned for 0.05 s each
@@ -150,7 +150,7 @@ def test_a_run_slower_than_its_plan_is_shortened_and_resumes_shortened(data_dir,
         real_epoch(run)
 
     real_epoch = train_module.train_one_epoch
-    monkeypatch.setattr(run_module, "plan_run", quick_plan)
+    monkeypatch.setattr(budget_module, "plan_run", quick_plan)
     monkeypatch.setattr(train_module, "train_one_epoch", slow_epoch)
     out, budget = tmp_path / "slowed", 12.0
     config = _config(data_dir, out, time_budget=budget, backbone="tiny", val_every=0,

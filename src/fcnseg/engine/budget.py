@@ -19,6 +19,7 @@ Every reading of time goes through a ``clock`` (default ``time.perf_counter``) t
 from __future__ import annotations
 
 import copy
+import dataclasses
 import json
 import re
 import statistics
@@ -132,6 +133,27 @@ def recent_pace(epoch_ends: list[float], window: int) -> float:
     the host does not cut a run's epochs for good; a slowdown that lasts moves it."""
     ends = epoch_ends[-(window + 1):]
     return statistics.median(b - a for a, b in zip(ends, ends[1:], strict=False))
+
+
+def budgeted(config: Any, resumed: bool, run_dir: Path, info: Any, elapsed_s: float,
+             clock: Clock, **probe: Any) -> tuple[Any, dict[str, Any] | None]:
+    """The time budget, in one place: ``(config with the planned epochs, plan)``.
+
+    Without ``--time-budget``: the config as it is, no plan. A resumed run keeps the plan it
+    saved; a new one times its work on a throwaway copy of the model (:func:`plan_run`, with
+    ``probe``: model, loss_fn, train_ds, val_ds, steps_per_epoch, batch, device, dtype),
+    saves the plan and prints it.
+    """
+    if not config.time_budget:
+        return config, None
+    if resumed:
+        return config, load_plan(run_dir)
+    plan = plan_run(config, elapsed_s=elapsed_s, info=info, run_dir=run_dir, clock=clock,
+                    **probe)
+    if info.is_main:
+        save_plan(run_dir, plan)
+        print(describe(plan), flush=True)
+    return dataclasses.replace(config, epochs=plan["epochs"]), plan
 
 
 def plan_run(config: Any, model: torch.nn.Module, loss_fn: Callable, train_ds: Any,

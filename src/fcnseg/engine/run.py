@@ -32,12 +32,12 @@ from ..device import resolve_precision
 from ..distributed import DistInfo, barrier, per_rank_batch, unwrap
 from ..errors import CheckpointError, DataError, FcnsegError
 from ..models import build_model
-from .budget import Clock, describe, load_plan, plan_run, save_plan
+from .budget import Clock, budgeted
 from .config import TrainConfig
 from .loader import EpochBatchSampler, build_train_val_data
 from .losses import build_loss
 from .optim import build_optimizer, build_scheduler, median_frequency_weights
-from .rundir import prepare_run_dir
+from .rundir import make_run_dir, write_config
 
 
 class DivergedError(FcnsegError):
@@ -165,7 +165,7 @@ def build_run(config: TrainConfig, info: DistInfo, started: float,
                         f"{config.batch_size}: use a smaller --batch-size")
     # Only now, every check passed, is the run folder written: a refused command changes
     # nothing in it.
-    run_dir = prepare_run_dir(config) if info.is_main else Path(config.out)
+    run_dir = make_run_dir(config) if info.is_main else Path(config.out)
     loader = DataLoader(train_ds, batch_sampler=sampler, num_workers=config.workers,
                         persistent_workers=config.workers > 0,
                         pin_memory=info.device.type == "cuda")
@@ -174,16 +174,12 @@ def build_run(config: TrainConfig, info: DistInfo, started: float,
         weight = median_frequency_weights(train_ds.base, meta.num_classes, meta.ignore_index,
                                           len(train_ds)).to(info.device)
     loss_fn = build_loss(config.loss, weight, meta.ignore_index, config.boundary_weight)
-    plan = load_plan(run_dir) if config.time_budget and checkpoint is not None else None
-    if config.time_budget and checkpoint is None:  # a resumed run keeps its saved plan
-        plan = plan_run(config, unwrap(model), loss_fn, train_ds, val_ds,
-                        sampler.batches_per_epoch(), batch, info.device, dtype,
-                        now() - started, info, run_dir, now)
-        config = dataclasses.replace(config, epochs=plan["epochs"])
-        if info.is_main:
-            prepare_run_dir(config)  # config.toml with the planned epochs
-            save_plan(run_dir, plan)
-            print(describe(plan), flush=True)
+    config, plan = budgeted(config, checkpoint is not None, run_dir, info, now() - started,
+                            now, model=unwrap(model), loss_fn=loss_fn, train_ds=train_ds,
+                            val_ds=val_ds, steps_per_epoch=sampler.batches_per_epoch(),
+                            batch=batch, device=info.device, dtype=dtype)
+    if info.is_main:
+        write_config(run_dir, config)
     # The schedule spans the configured epochs; --max-steps only interrupts the run (tests,
     # benchmarks) so that a resumed run follows the very same lr curve.
     optimizer = build_optimizer(model, config)

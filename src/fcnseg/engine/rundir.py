@@ -68,11 +68,14 @@ def run_folder_lock(run_dir: Path) -> Iterator[Path]:
         os.close(fd)  # releases the flock; the file stays (removing it would race a waiter)
 
 
-def prepare_run_dir(config: Any) -> Path:
-    """Write the run's ``config.toml``, before any training work (after the checks above)."""
-    run_dir = ensure_writable_dir(config.out, what="run folder (--out)")
+def make_run_dir(config: Any) -> Path:
+    """The run folder, created (after every check: a refused command creates nothing)."""
+    return ensure_writable_dir(config.out, what="run folder (--out)")
+
+
+def write_config(run_dir: Path, config: Any) -> None:
+    """The run's ``config.toml``: the settings it trains with, planned epochs included."""
     atomic_write_text(run_dir / "config.toml", to_toml(config))
-    return run_dir
 
 
 def remove_stale_temporaries(run_dir: Path) -> list[Path]:
