@@ -53,9 +53,12 @@ def test_opt_out_leaves_malloc_alone():
     assert not applied
 
 
-def test_the_command_line_applies_it(monkeypatch, tmp_path):
+def test_training_commands_apply_it_and_inference_does_not(monkeypatch, tmp_path):
     calls = []
     monkeypatch.setattr(cli, "keep_freed_memory", lambda: calls.append(1))
+    status = cli.main(["train", "--dataset", "folder", "--data-dir", str(tmp_path / "none"),
+                       "--out", str(tmp_path / "run")])
+    assert status == 2 and calls == [1]
     status = cli.main(["predict", "--checkpoint", str(tmp_path / "missing.pt"),
                        str(tmp_path / "x.png"), "--out", str(tmp_path / "out")])
     assert status == 2 and calls == [1]

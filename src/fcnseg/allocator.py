@@ -11,8 +11,11 @@ large blocks from its heap (``M_MMAP_MAX = 0``) and to keep freed heap memory in
 returning it to the kernel (``M_TRIM_THRESHOLD``). The price: the process keeps its
 high-water mark of memory (peak RSS ~20 % higher when training at 320 x 480).
 
-The ``fcnseg`` command line calls :func:`keep_freed_memory` once at start; the library does
-not change a process-wide setting on import. ``FCNSEG_MALLOC=system`` turns it off.
+The training commands (``fcnseg train``, ``fcnseg demo``) call :func:`keep_freed_memory`
+once at start; the library does not change a process-wide setting on import.
+``FCNSEG_MALLOC=system`` turns it off. Inference does not use it: with every block on the
+heap, whole passes over large images fragment it, and a 16 MP image's second pass took
+9.6 GB instead of 5.3 (benchmarks/RESULTS.md, "Deployment install").
 """
 
 from __future__ import annotations

@@ -86,7 +86,8 @@ def main(argv: list[str] | None = None) -> int:
     """Entry point of the ``fcnseg`` console script; returns the exit status."""
     parser = build_parser()
     args = parser.parse_args(argv)
-    keep_freed_memory()  # a process-wide malloc setting: the application's call, not the library's
+    if getattr(args, "keep_freed_memory", False):  # training commands: see allocator.py
+        keep_freed_memory()  # a process-wide malloc setting: the application's call
     try:
         status = args.func(args)
     except ModuleNotFoundError as exc:

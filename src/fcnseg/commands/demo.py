@@ -20,7 +20,7 @@ def add_parser(subparsers: Any, help_text: str) -> None:
     p.add_argument("--image-size", type=int, default=DEMO_DATA["image_size"])
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--device", default="auto", help="auto, cpu, cuda or cuda:N")
-    p.set_defaults(func=run)
+    p.set_defaults(func=run, keep_freed_memory=True)  # it trains
 
 
 def run(args: argparse.Namespace) -> int:

@@ -87,7 +87,7 @@ def add_parser(subparsers: Any, help_text: str) -> None:
     out.add_argument("--overwrite", action="store_true", default=None,
                      help="replace the run already in --out (without it such a folder is "
                           "refused: nothing a typo can destroy)")
-    p.set_defaults(func=run)
+    p.set_defaults(func=run, keep_freed_memory=True)  # steps re-allocate their activations
 
 
 def _overrides(args: argparse.Namespace) -> dict[str, Any]:

@@ -48,6 +48,11 @@ class OnnxRuntime:
         options = ort.SessionOptions()
         options.intra_op_num_threads = threads or cpu_threads()
         options.log_severity_level = 3  # warnings about unused initialisers are noise here
+        # ONNX Runtime's memory arena keeps its largest pass's blocks and grows past them:
+        # ~490 B a pixel for a Lite0 FCN-8s against ~260 without, at the same speed
+        # (benchmarks/RESULTS.md, "Deployment install"), and the Predictor's memory checks
+        # count what a pass needs, not what an arena keeps.
+        options.enable_cpu_mem_arena = False
         try:
             self.session = ort.InferenceSession(str(path), options,
                                                 providers=["CPUExecutionProvider"])
