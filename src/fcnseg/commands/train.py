@@ -51,7 +51,7 @@ def _show(value: Any) -> str:
     return " x ".join(map(str, value)) if isinstance(value, list) else str(value)
 
 
-def add_setting(group: argparse._ArgumentGroup, f: dataclasses.Field, hint: Any) -> None:
+def add_setting(group: Any, f: dataclasses.Field, hint: Any) -> None:
     """The flag of one ``TrainConfig`` field, from its type and rule."""
     rule, flag = rule_of(f), "--" + f.name.replace("_", "-")
     kind = typing.get_origin(hint) or hint

@@ -138,7 +138,8 @@ def check(key: str, value: Any, rule: Rule, source: str,
                           f"{', '.join(choices[rule.choices])}")
     if rule.pattern is not None and value is not None \
             and not re.fullmatch(rule.pattern, value):
-        raise FcnsegError(f"{what}: not valid, give {rule.help.split(';')[0] or 'a value'}")
+        problem = "empty" if value == "" else "not valid"
+        raise FcnsegError(f"{what}: {problem}, give {rule.help.split(';')[0] or 'a value'}")
     items = value if isinstance(value, list) else [value]
     if rule.length is not None and len(items) != rule.length:
         raise FcnsegError(f"{what}: needs {rule.length} values")
