@@ -23,14 +23,13 @@ from .meta import DatasetMeta, voc_colormap
 if TYPE_CHECKING:
     from .base import SegmentationDataset, Transform
 
-# Data set name -> its module, whose ``build_<name>`` builds it.
-DATASETS: dict[str, str] = {"voc": "voc", "camvid": "camvid", "folder": "folder",
-                            "shapes": "shapes"}
+# The data sets: each is the module of its name, whose ``build_<name>`` builds it.
+DATASETS: tuple[str, ...] = ("voc", "camvid", "folder", "shapes")
 # The other public names -> the module that defines them (imported on first use).
-_LAZY = {"SegmentationDataset": "base", "Transform": "base", "build_camvid": "camvid",
-         "camvid_meta": "camvid", "build_folder": "folder", "build_shapes": "shapes",
+_LAZY = {"SegmentationDataset": "base", "Transform": "base", "camvid_meta": "camvid",
          "render_sample": "shapes", "shapes_meta": "shapes", "eval_transform": "transforms",
-         "train_transform": "transforms", "build_voc": "voc", "voc_meta": "voc"}
+         "train_transform": "transforms", "voc_meta": "voc",
+         **{f"build_{name}": name for name in DATASETS}}
 
 
 def __getattr__(name: str) -> Any:
@@ -71,7 +70,7 @@ def build_dataset(
     """
     if name not in DATASETS:
         raise UnknownNameError("dataset", name, sorted(DATASETS))
-    builder = getattr(importlib.import_module(f".{DATASETS[name]}", __name__), f"build_{name}")
+    builder = getattr(importlib.import_module(f".{name}", __name__), f"build_{name}")
     params = inspect.signature(builder).parameters
     valid = [p for p in params if p not in ("root", "split", "transform", "download")]
     unknown = sorted(set(options) - set(valid))

@@ -171,10 +171,10 @@ class TrainConfig:
         return cls().updated(values)
 
     def updated(self, values: dict[str, Any], source: str = "config") -> TrainConfig:
-        """A copy with ``values`` applied (keys may use dashes), each checked by its rule;
-        errors name the setting as ``source`` has it (a flag, or a key in a file)."""
+        """A copy with ``values`` applied (keys may use dashes), type-checked here and then
+        validated; errors name the setting as ``source`` has it (a flag, or a key in a file).
+        Only ``values`` can be wrong: ``self`` was validated when it was made."""
         hints = typing.get_type_hints(TrainConfig)
-        rules = {f.name: rule_of(f) for f in dataclasses.fields(TrainConfig)}
         clean = {}
         for key, value in values.items():
             key = key.replace("-", "_")
@@ -182,7 +182,6 @@ class TrainConfig:
                 raise FcnsegError(f"unknown setting {key!r} in {source}: valid settings are "
                                   + ", ".join(sorted(hints)))
             clean[key] = typed(key, value, hints[key], source)
-            check(key, clean[key], rules[key], source, CHOICES)
         new = dataclasses.replace(self, **clean)
         new.validate(source)
         return new
@@ -235,8 +234,7 @@ def resolve_config(
     name = recipe or overrides.get("recipe") or file_values.get("recipe") or DEFAULT_RECIPE
     source = COMMAND_LINE if recipe or overrides.get("recipe") else \
         str(config_file) if file_values.get("recipe") else "the defaults"
-    rule = rule_of(next(f for f in dataclasses.fields(TrainConfig) if f.name == "recipe"))
-    check("recipe", typed("recipe", name, str, source), rule, source, CHOICES)
+    TrainConfig().updated({"recipe": name}, source)  # an unknown name, named as it was given
     config = TrainConfig().updated({**RECIPES[name], "recipe": name}, f"recipe {name}")
     config = config.updated(file_values, str(config_file))
     return config.updated(overrides, COMMAND_LINE)

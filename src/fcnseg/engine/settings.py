@@ -3,8 +3,8 @@
 :func:`setting` puts a :class:`Rule` in a dataclass field's metadata. ``TrainConfig``'s
 fields are declared with it; ``fcnseg train``'s parser is generated from the rules, and
 :func:`check` is the one check of a value, whichever way it came (flag, TOML, recipe,
-the demo, a resumed run). Messages name what the user wrote: ``--lr`` for a flag,
-``lr in FILE`` for a file.
+the demo, a resumed run). Messages name what the user wrote: ``--lr nan`` for a flag,
+``lr = nan in FILE`` for a file (:func:`said`).
 """
 
 from __future__ import annotations

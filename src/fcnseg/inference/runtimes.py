@@ -17,6 +17,7 @@ the file's protobuf fields directly (:func:`read_onnx_metadata`).
 
 from __future__ import annotations
 
+import io
 import json
 import os
 from pathlib import Path
@@ -201,8 +202,6 @@ def _varint(fh: BinaryIO) -> int:
 
 def _fields(data: bytes) -> dict[int, bytes]:
     """The length-delimited fields of a small protobuf message (a metadata entry)."""
-    import io
-
     fh, out = io.BytesIO(data), {}
     while fh.tell() < len(data):
         field, wire = divmod(_varint(fh), 8)
