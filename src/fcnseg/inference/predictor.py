@@ -65,9 +65,9 @@ class Predictor:
         ``dtype`` bf16/fp16 runs it under autocast (default fp32)."""
         import torch
 
-        from .torch_model import TorchRuntime
+        from .torch_model import TorchRuntime, model_device
 
-        device = next((p.device for p in model.parameters()), torch.device("cpu"))
+        device = model_device(model)
         rt = TorchRuntime(model, meta, device, dtype or torch.float32)
         return cls(rt, meta, InferenceOptions(**options), reason=f"torch on {device}")
 

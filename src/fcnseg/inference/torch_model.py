@@ -48,6 +48,11 @@ def model_forward(model: torch.nn.Module,
     return forward
 
 
+def model_device(model: torch.nn.Module) -> torch.device:
+    """Where ``model``'s weights live (the CPU for a model without any)."""
+    return next((p.device for p in model.parameters()), torch.device("cpu"))
+
+
 def _numpy_forward(model: torch.nn.Module, device: torch.device, dtype: torch.dtype,
                    prepare: Callable[[torch.Tensor], torch.Tensor] = lambda x: x
                    ) -> Callable[[np.ndarray], np.ndarray]:
@@ -111,7 +116,7 @@ def predict_probabilities(
     """
     opts = InferenceOptions(mode, tuple(tile), None if stride is None else tuple(stride),
                             tile_batch, flip, tuple(scales))
-    device = next((p.device for p in model.parameters()), torch.device("cpu"))
+    device = model_device(model)
     forward = _numpy_forward(model, device, dtype)
 
     def tensor(p: np.ndarray) -> torch.Tensor:
