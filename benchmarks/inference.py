@@ -11,9 +11,13 @@ alternating over ``--rounds`` so that a noisy shared host slows them alike (medi
 * ``ort-fp32`` / ``ort-int8``: ONNX Runtime on the exported files;
 * ``ov-fp32`` / ``ov-bf16`` / ``ov-int8``: OpenVINO on the same files.
 
-Model-only images/s time the predictor on decoded images (decoding excluded) over the val
-images; mIoU is computed from those very predictions. ``--e2e`` also times ``fcnseg
-predict`` on the val folder (decode, predict, write mask + overlay) for the chosen configs.
+Model-only images/s time the predictor's class ids (``predict_labels``) on decoded images
+(decoding excluded) over the val images, one image at a time (``--streams 1``: latency) or
+with ``--streams N`` images in flight from N threads (a folder's or a server's throughput);
+mIoU is computed from those very predictions. GFLOPs per image (``torch.utils.flop_counter``
+at the val size, a multiply-add counted as 2) times images/s gives the GFLOP/s achieved.
+``--e2e`` also times ``fcnseg predict`` on the val folder (decode, predict, write mask +
+overlay) for the chosen configs.
 
     python benchmarks/inference.py --checkpoint runs/camvid/best.pt \\
         --data-dir ../shared/data/camvid --json benchmarks/out/inference.json
@@ -69,8 +73,27 @@ def load_val(data_dir: str, limit: int) -> tuple[list[np.ndarray], list[np.ndarr
     return [p[0] for p in pairs], [p[1] for p in pairs], ds.meta
 
 
-def measure(config: str, files: dict[str, str], data_dir: str, limit: int, batch: int) -> dict:
+def gflops(config: str, checkpoint: str, size: tuple[int, int]) -> float:
+    """GFLOPs of one ``size`` image through the config's network (2 per multiply-add)."""
+    from torch.utils.flop_counter import FlopCounterMode
+
+    from fcnseg.checkpoint import model_from_checkpoint
+
+    if config == "d2l":
+        model = chapter_model(11)
+    else:
+        model = model_from_checkpoint(checkpoint)[0].eval()
+    counter = FlopCounterMode(display=False)
+    with counter, torch.no_grad():
+        model(torch.zeros(1, 3, *size))
+    return counter.get_total_flops() / 1e9
+
+
+def measure(config: str, files: dict[str, str], data_dir: str, limit: int, batch: int,
+            streams: int = 1) -> dict:
     """Model-only images/s and mIoU of one configuration (in a worker process)."""
+    from concurrent.futures import ThreadPoolExecutor
+
     from fcnseg import Predictor
     from fcnseg.allocator import keep_freed_memory
     from fcnseg.metrics import ConfusionMatrix
@@ -91,25 +114,25 @@ def measure(config: str, files: dict[str, str], data_dir: str, limit: int, batch
     else:
         kind, runtime, precision = PLAN[config]
         predictor = Predictor.from_file(files[kind], runtime=runtime, device="cpu",
-                                        precision=precision)
+                                        precision=precision, streams=streams)
+        streams = predictor.streams  # a .pt checkpoint: one
 
         def run(group: list[np.ndarray]) -> list[torch.Tensor] | None:
-            return [p.argmax(0) for p in predictor.predict_many(group)]
+            return [torch.from_numpy(m) for m in predictor.predict_labels(group)]
 
-    run(batches[0])  # warm-up: primitive creation, allocator
-    preds: list[torch.Tensor] = []
-    start = time.perf_counter()
-    for group in batches:
-        out = run(group)
-        preds.extend(out or [])
-    seconds = time.perf_counter() - start
+    with ThreadPoolExecutor(streams) as pool:
+        list(pool.map(run, batches[:streams]))  # warm-up: primitive creation, allocator
+        start = time.perf_counter()
+        preds = [p for out in pool.map(run, batches) for p in out or []]
+        seconds = time.perf_counter() - start
     miou = None
     if preds:
         cm = ConfusionMatrix(meta.num_classes, meta.ignore_index)
         for p, m in zip(preds, masks, strict=True):
             cm.update(p, torch.from_numpy(m))
         miou = float(cm.compute()["miou"])
-    return {"config": config, "batch": batch, "images_per_s": len(images) / seconds,
+    return {"config": config, "batch": batch, "streams": streams,
+            "images_per_s": len(images) / seconds,
             "miou": miou, "peak_rss_mib": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024}
 
 
@@ -159,6 +182,61 @@ def export_models(checkpoint: str, out: Path, calibration_size: int) -> tuple[di
     return files, errors
 
 
+def run_rounds(args: argparse.Namespace, files: dict, export_errors: dict
+               ) -> tuple[dict[tuple, list[dict]], list[dict]]:
+    """Every (config, batch, streams) once a round, alternating; a worker per measurement."""
+    runs: dict[tuple, list[dict]] = {}
+    failed: list[dict] = []
+    for _ in range(args.rounds):
+        for batch in args.batches:
+            for config in args.configs:
+                kind = PLAN.get(config, ("pt",))[0]
+                if kind not in files:
+                    failed.append({"config": config, "batch": batch,
+                                   "error": f"no {kind} file: {export_errors[kind]}"})
+                    continue
+                for streams in args.streams if kind in ("fp32", "int8") else [1]:
+                    r = worker([config, json.dumps(files), args.data_dir, str(args.limit),
+                                str(batch), str(streams)])
+                    if "error" in r:
+                        failed.append(r)
+                        print(f"  {config:<11} batch {batch}: failed: {r['error']}", flush=True)
+                        continue
+                    runs.setdefault((config, batch, streams), []).append(r)
+                    print(f"  {config:<11} batch {batch} streams {streams}: "
+                          f"{r['images_per_s']:6.2f} img/s", flush=True)
+    return runs, failed
+
+
+def table(args: argparse.Namespace, runs: dict[tuple, list[dict]],
+          flops: dict[str, float]) -> list[dict]:
+    """Medians over the rounds, against the first config (the chapter) at the same batch."""
+    rows = []
+    for results in runs.values():
+        rows.append({**results[0], "images_per_s": statistics.median(
+            r["images_per_s"] for r in results), "all_images_per_s":
+            [r["images_per_s"] for r in results],
+            "peak_rss_mib": max(r["peak_rss_mib"] for r in results)})
+    base = {r["batch"]: r["images_per_s"] for r in rows if r["config"] == args.configs[0]}
+    rows = [r for r in rows if r["batch"] in base]  # the first config is the reference
+    ref = {r["batch"]: r["miou"] for r in rows if r["config"] == "torch-fp32"}
+    print(f"\n{'config':<11} {'batch':>5} {'str':>3} {'img/s':>7} {'x ' + args.configs[0]:>8} "
+          f"{'GFLOP/s':>8} {'mIoU':>7} {'dmIoU':>7} {'RSS MiB':>8}")
+    for r in rows:
+        r["speedup"] = r["images_per_s"] / base[r["batch"]]
+        r["gflop_per_s"] = r["images_per_s"] * flops["d2l" if r["config"] == "d2l"
+                                                     else "torch-fp32"]
+        d = None if r["miou"] is None or ref.get(r["batch"]) is None else \
+            r["miou"] - ref[r["batch"]]
+        r["miou_delta_vs_torch_fp32"] = d
+        print(f"{r['config']:<11} {r['batch']:5d} {r['streams']:3d} {r['images_per_s']:7.2f} "
+              f"{r['speedup']:8.2f} {r['gflop_per_s']:8.1f} "
+              f"{r['miou'] if r['miou'] is not None else float('nan'):7.4f} "
+              f"{d if d is not None else float('nan'):+7.4f} {r['peak_rss_mib']:8.0f}")
+    print("GFLOPs per image: " + ", ".join(f"{k} {v:.2f}" for k, v in flops.items()))
+    return rows
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--checkpoint", help="a CamVid best.pt (required)")
@@ -167,7 +245,9 @@ def main() -> None:
     parser.add_argument("--json", type=Path, default=Path("benchmarks/out/inference.json"))
     parser.add_argument("--configs", nargs="+", choices=CONFIGS,
                         help="default: all, the bf16 ones only where the CPU has bf16 units")
-    parser.add_argument("--batches", nargs="+", type=int, default=[1, 8])
+    parser.add_argument("--batches", nargs="+", type=int, default=[1])
+    parser.add_argument("--streams", nargs="+", type=int, default=[1, 2],
+                        help="images in flight (1: one at a time; d2l and torch: always 1)")
     parser.add_argument("--rounds", type=int, default=2)
     parser.add_argument("--limit", type=int, default=101, help="val images (101: all)")
     parser.add_argument("--calibration-size", type=int, default=32)
@@ -175,8 +255,9 @@ def main() -> None:
     parser.add_argument("--worker", nargs=argparse.REMAINDER, help=argparse.SUPPRESS)
     args = parser.parse_args()
     if args.worker:
-        config, files, data_dir, limit, batch = args.worker
-        print(json.dumps(measure(config, json.loads(files), data_dir, int(limit), int(batch))))
+        config, files, data_dir, limit, batch, streams = args.worker
+        print(json.dumps(measure(config, json.loads(files), data_dir, int(limit), int(batch),
+                                 int(streams))))
         return
 
     from fcnseg.device import cpu_has_fast_bf16
@@ -187,64 +268,32 @@ def main() -> None:
         args.configs = [c for c in CONFIGS if cpu_has_fast_bf16() or not c.endswith("bf16")]
     args.out.mkdir(parents=True, exist_ok=True)
     files, export_errors = export_models(args.checkpoint, args.out, args.calibration_size)
-    runs: dict[tuple[str, int], list[dict]] = {}
-    failed: list[dict] = []
-    for _ in range(args.rounds):
-        for batch in args.batches:
-            for config in args.configs:
-                kind = PLAN.get(config, ("pt",))[0]
-                if kind not in files:
-                    failed.append({"config": config, "batch": batch,
-                                   "error": f"no {kind} file: {export_errors[kind]}"})
-                    continue
-                r = worker([config, json.dumps(files), args.data_dir, str(args.limit),
-                            str(batch)])
-                if "error" in r:
-                    failed.append(r)
-                    print(f"  {config:<11} batch {batch}: failed: {r['error']}", flush=True)
-                    continue
-                runs.setdefault((config, batch), []).append(r)
-                print(f"  {config:<11} batch {batch}: {r['images_per_s']:6.2f} img/s", flush=True)
-    rows = []
-    for results in runs.values():
-        rows.append({**results[0], "images_per_s": statistics.median(
-            r["images_per_s"] for r in results), "all_images_per_s":
-            [r["images_per_s"] for r in results],
-            "peak_rss_mib": max(r["peak_rss_mib"] for r in results)})
-    base = {r["batch"]: r["images_per_s"] for r in rows if r["config"] == args.configs[0]}
-    rows = [r for r in rows if r["batch"] in base]  # the first config is the reference
-    ref = {r["batch"]: r["miou"] for r in rows if r["config"] == "torch-fp32"}
-    print(f"\n{'config':<11} {'batch':>5} {'img/s':>7} {'x ' + args.configs[0]:>8} "
-          f"{'mIoU':>7} {'dmIoU':>7} {'RSS MiB':>8}")
-    for r in rows:
-        r["speedup"] = r["images_per_s"] / base[r["batch"]]
-        d = None if r["miou"] is None or ref.get(r["batch"]) is None else \
-            r["miou"] - ref[r["batch"]]
-        r["miou_delta_vs_torch_fp32"] = d
-        print(f"{r['config']:<11} {r['batch']:5d} {r['images_per_s']:7.2f} {r['speedup']:8.2f} "
-              f"{r['miou'] if r['miou'] is not None else float('nan'):7.4f} "
-              f"{d if d is not None else float('nan'):+7.4f} {r['peak_rss_mib']:8.0f}")
+    size = load_val(args.data_dir, 1)[0][0].shape[:2]
+    flops = {c: gflops(c, args.checkpoint, size) for c in {"d2l", "torch-fp32"}}
+    runs, failed = run_rounds(args, files, export_errors)
+    rows = table(args, runs, flops)
     for f in {(f["config"], f["batch"]): f for f in failed}.values():
         print(f"{f['config']:<11} {f['batch']:5d} not measured: {f['error']}")
     e2e = []
     for config in [c for c in args.e2e if PLAN[c][0] in files]:
         for overlay in (True, False):
             r = end_to_end(config, files, args.data_dir, overlay)
-            model_only = next(x["images_per_s"] for x in rows
-                              if x["config"] == config and x["batch"] == 1)
+            model_only = max(x["images_per_s"] for x in rows
+                             if x["config"] == config and x["batch"] == 1)
             r["fraction_of_model_only"] = r["loop_images_per_s"] / model_only
             e2e.append(r)
             print(f"fcnseg predict {config}{'' if overlay else ' --no-overlay'}: "
                   f"{r['loop_images_per_s']:.2f} img/s over {r['images']} images "
-                  f"({100 * r['fraction_of_model_only']:.0f} % of model-only batch 1), "
-                  f"{r['wall_s']:.1f} s wall with start-up")
+                  f"({100 * r['fraction_of_model_only']:.0f} % of the best model-only "
+                  f"batch 1), {r['wall_s']:.1f} s wall with start-up")
     flags = [f for f in open("/proc/cpuinfo").read().split("flags")[1].split("\n")[0].split()
              if f.startswith(("avx512", "amx", "avx_vnni", "avx2"))] \
         if os.path.exists("/proc/cpuinfo") else []
     write_report(args.json, machine={"cpu": platform.processor() or platform.machine(),
                                      "cores": os.cpu_count(), "torch": torch.__version__,
                                      "fast_bf16": cpu_has_fast_bf16(), "flags": flags},
-                 rows=rows, failed=failed, export_errors=export_errors, end_to_end=e2e)
+                 rows=rows, failed=failed, export_errors=export_errors, end_to_end=e2e,
+                 gflops_per_image={"size": list(size), **flops})
     print(f"CPU flags: {' '.join(flags) or 'none of avx2/avx512/amx'}; "
           f"fast bf16: {cpu_has_fast_bf16()}\nwrote {args.json}")
 

@@ -20,9 +20,10 @@ def _with_running_stats(model: nn.Module) -> nn.Module:
     return model.eval()
 
 
-@pytest.mark.parametrize("backbone", ["resnet18", pytest.param("resnet50", marks=pytest.mark.slow)])
+@pytest.mark.parametrize("backbone", ["resnet18", "efficientnet_lite0", "tiny",
+                                      pytest.param("resnet50", marks=pytest.mark.slow)])
 def test_fold_batchnorm_keeps_outputs_and_removes_every_batchnorm(backbone):
-    model = _with_running_stats(build_model("fcn8s", 5, backbone=backbone))
+    model = _with_running_stats(build_model("fcn8s", 5, backbone=backbone, pretrained=False))
     folded = fold_batchnorm(model)
     assert not any(isinstance(m, nn.BatchNorm2d) for m in folded.modules())
     assert any(isinstance(m, nn.BatchNorm2d) for m in model.modules())  # a copy was folded
@@ -41,3 +42,16 @@ def test_fold_batchnorm_leaves_unpaired_batchnorm_alone():
     assert isinstance(folded[2], nn.BatchNorm2d)
     x = torch.randn(1, 3, 8, 8)
     torch.testing.assert_close(folded(x), model(x))
+
+
+def test_fold_batchnorm_keeps_the_activation_of_timm_batchnorm_act():
+    # timm's BatchNormAct2d normalises and then applies its activation (ReLU6 in the Lite
+    # bodies): the fold must keep the activation in the BatchNorm's place.
+    from timm.layers import BatchNormAct2d
+
+    model = nn.Sequential(nn.Conv2d(3, 4, 3), BatchNormAct2d(4, act_layer=nn.ReLU6)).eval()
+    _with_running_stats(model)
+    folded = fold_batchnorm(model)
+    assert isinstance(folded[1], nn.ReLU6)
+    x = torch.randn(1, 3, 8, 8) * 4
+    torch.testing.assert_close(folded(x), model(x), rtol=1e-5, atol=1e-5)

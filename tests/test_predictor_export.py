@@ -147,7 +147,7 @@ def test_exported_model_predicts_and_evaluates_like_the_checkpoint(trained, expo
                      "--json", str(js), "--no-progress", "--precision",
                      "fp32" if name == "pt" else "auto"]) == 0
         reports[name] = json.loads(js.read_text())
-    assert reports["onnx"]["runtime"] == "onnxruntime"
+    assert reports["onnx"]["runtime"] == "openvino"  # auto: OpenVINO where installed
     assert abs(reports["onnx"]["miou"] - reports["pt"]["miou"]) < 1e-3
     capsys.readouterr()
 
@@ -159,7 +159,7 @@ def test_int8_export_agrees_with_fp32(trained, tmp_path):
                  "--calibration-size", "16"]) == 0
     int8 = Predictor.from_file(out)
     fp32 = Predictor.from_file(ckpt, precision="fp32")
-    assert int8.precision == "int8" and int8.runtime == "onnxruntime"
+    assert int8.precision == "int8" and int8.runtime == "openvino"
     images = _val_images(data)
     agree = np.mean([(int8.predict(f) == fp32.predict(f)).mean() for f in images])
     assert agree >= 0.99
@@ -174,6 +174,69 @@ def test_openvino_runs_the_onnx_file(trained, exported):
     assert ov.runtime == "openvino" and ov.precision == "fp32"
     img = np.random.default_rng(3).integers(0, 256, (75, 101, 3), dtype=np.uint8)
     assert np.abs(ov.predict_proba(img) - ref.predict_proba(img)).max() < 1e-3
+
+
+def test_export_computes_the_labels_in_its_graph(exported):
+    # The "labels" output is the argmax of "probs", as uint8, at the input's size: what a
+    # runtime hands back when masks are all that is wanted.
+    session = ort.InferenceSession(str(exported), providers=["CPUExecutionProvider"])
+    for n, h, w in ((2, 45, 77), (1, 1, 1)):
+        x = np.random.default_rng(h).uniform(0, 255, (n, 3, h, w)).astype(np.float32)
+        probs, labels = session.run(["probs", "labels"], {"image": x})
+        assert labels.dtype == np.uint8 and labels.shape == (n, h, w)
+        assert (labels == probs.argmax(1)).mean() >= 0.999
+
+
+@pytest.mark.parametrize("runtime", ["onnxruntime", "openvino"])
+def test_streams_predict_concurrently_and_alike(trained, exported, runtime):
+    # streams=2: two calls at once, each thread with its own request; the masks are the
+    # single-stream ones, and predict() (labels from the graph) equals the probabilities'
+    # argmax.
+    from concurrent.futures import ThreadPoolExecutor
+
+    pytest.importorskip(runtime)
+    one = Predictor.from_file(exported, runtime=runtime, precision="fp32")
+    two = Predictor.from_file(exported, runtime=runtime, precision="fp32", streams=2)
+    assert one.streams == 1 and two.streams == 2 and "2 streams" in two.reason
+    images = [np.random.default_rng(i).integers(0, 256, (40 + i, 61, 3), dtype=np.uint8)
+              for i in range(6)]
+    with ThreadPoolExecutor(2) as pool:
+        together = list(pool.map(two.predict, images))
+    for img, mask in zip(images, together, strict=True):
+        assert mask.dtype == np.uint8 and mask.shape == img.shape[:2]
+        assert (mask == one.predict(img)).mean() >= 0.999
+        assert (mask == one.predict_proba(img).argmax(0)).mean() >= 0.999
+
+
+def test_flip_on_a_one_pixel_wide_image(trained, exported, tmp_path, capsys):
+    # A flipped 1-pixel-wide view looks contiguous to numpy; PyTorch refused it.
+    img = np.random.default_rng(0).integers(0, 256, (37, 1, 3), dtype=np.uint8)
+    for model in (trained[0], exported):
+        p = Predictor.from_file(model, precision="auto", flip=True)
+        assert p.predict(img).shape == (37, 1)
+    for h, w in ((1, 1), (1, 9), (9, 1)):
+        Image.fromarray(np.full((h, w, 3), 90, np.uint8)).save(tmp_path / f"im{h}x{w}.png")
+    out = tmp_path / "out"
+    assert main(["predict", "--checkpoint", str(trained[0]), str(tmp_path / "im*.png"), "--out",
+                 str(out), "--flip", "--no-progress"]) == 0
+    assert "Traceback" not in capsys.readouterr().err
+    assert np.asarray(Image.open(out / "im9x1.png")).shape == (9, 1)
+
+
+def test_predict_folder_with_streams_writes_what_one_stream_writes(trained, exported, tmp_path,
+                                                                   capsys):
+    images = _val_images(trained[1])[:5]
+    outs = {}
+    for streams in ("1", "2"):
+        outs[streams] = tmp_path / streams
+        assert main(["predict", "--checkpoint", str(exported), *map(str, images), "--out",
+                     str(outs[streams]), "--streams", streams, "--batch-size", "2",
+                     "--no-progress"]) == 0
+    for img in images:
+        a = np.asarray(Image.open(outs["1"] / f"{img.stem}.png"))
+        b = np.asarray(Image.open(outs["2"] / f"{img.stem}.png"))
+        assert (a == b).mean() >= 0.999
+    assert "2 streams" in capsys.readouterr().err
 
 
 def test_predict_skip_existing_resumes_a_job(trained, tmp_path, capsys):

@@ -15,8 +15,9 @@ def add_inference_options(p: argparse.ArgumentParser) -> None:
     """Options of whole-image inference, shared by ``evaluate``, ``predict`` and ``serve``."""
     g = p.add_argument_group("inference")
     g.add_argument("--runtime", choices=("auto",) + RUNTIMES, default="auto",
-                   help="auto: torch for a .pt checkpoint, onnxruntime for an .onnx export "
-                        "(default); openvino runs an .onnx export too, often faster")
+                   help="auto (default): torch for a .pt checkpoint; for an .onnx export "
+                        "openvino where it is installed (the faster one on x86 CPUs), else "
+                        "onnxruntime")
     g.add_argument("--mode", choices=MODES, default="pad",
                    help="pad: whole image padded to a multiple of 32 (exact, default); "
                         "slide: overlapping tiles with averaged class scores")
@@ -33,17 +34,25 @@ def add_inference_options(p: argparse.ArgumentParser) -> None:
     g.add_argument("--batch-size", type=int, default=1, metavar="N",
                    help="whole images per forward pass (equal sizes are batched; default 1)")
     g.add_argument("--device", default="auto", help="auto, cpu, cuda or cuda:N (default: auto)")
+    g.add_argument("--streams", type=int, default=0, metavar="N",
+                   help="images an exported model predicts at once, each on its share of "
+                        "the cores (0: one per core for folders, one for a single image; "
+                        "a .pt checkpoint: always one)")
     g.add_argument("--precision", choices=PRECISIONS, default="auto",
                    help="auto: bf16 on CUDA and on CPUs with AMX/AVX512-BF16, else fp32; "
                         "an exported model's own precision (int8 if exported so)")
 
 
-def load_predictor(args: argparse.Namespace) -> Predictor:
-    """The :class:`Predictor` of ``--checkpoint`` with the inference options given."""
+def load_predictor(args: argparse.Namespace, streams: int = 1) -> Predictor:
+    """The :class:`Predictor` of ``--checkpoint`` with the inference options given;
+    ``streams`` is the command's own default for ``--streams 0``."""
     if args.batch_size < 1:
         raise FcnsegError(f"--batch-size {args.batch_size} must be at least 1")
+    if args.streams < 0:
+        raise FcnsegError(f"--streams {args.streams} must be 0 (auto) or more")
     return Predictor.from_file(args.checkpoint, runtime=args.runtime, device=args.device,
-                               precision=args.precision, mode=args.mode, tile=tuple(args.tile),
+                               precision=args.precision, streams=args.streams or streams,
+                               mode=args.mode, tile=tuple(args.tile),
                                stride=tuple(args.stride) if args.stride else None,
                                tile_batch=args.tile_batch, flip=args.flip,
                                scales=tuple(args.scales))

@@ -90,6 +90,7 @@ def run(args: argparse.Namespace) -> int:
     from ..errors import FcnsegError
     from ..fileio import check_output_file, ensure_writable_dir
     from ..inference.batch import collect_inputs, predict_files
+    from ..inference.runtimes import cpu_threads
 
     if not 0.0 <= args.alpha <= 1.0:
         raise FcnsegError(f"--alpha {args.alpha} must be between 0 and 1")
@@ -105,7 +106,7 @@ def run(args: argparse.Namespace) -> int:
     rank, world = rank_and_world(env=True)
     for pattern, why in failures if rank == 0 else ():
         print(f"fcnseg: skipped {pattern}: {why}", file=sys.stderr)
-    predictor = load_predictor(args)
+    predictor = load_predictor(args, streams=cpu_threads() if len(files) > 1 else 1)
     who = f"rank {rank}/{world}: " if world > 1 else ""
     mine = len(range(rank, len(files), world))
     print(f"fcnseg: {who}{mine} of {len(files)} images with {args.checkpoint} "

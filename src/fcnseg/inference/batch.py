@@ -11,11 +11,13 @@ so an interrupted job resumed with ``skip_existing`` redoes only what it had not
 from __future__ import annotations
 
 import glob
+import itertools
 from collections import deque
 from collections.abc import Iterator
 from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 
@@ -93,68 +95,83 @@ def predict_files(predictor: Predictor, files: list[Path], out: Path, *, alpha: 
     Writes ``<stem>.png`` (palette PNG of class ids, the image's exact size), with
     ``overlay`` ``<stem>_overlay.png`` and with ``probs`` ``<stem>_probs.npy`` (float16
     C x H x W). A file that cannot be read is reported and skipped; the rest go on.
+    Batches of ``batch_size`` images are predicted ``predictor.streams`` at a time, while
+    ``threads`` threads decode the next images and encode the last ones' outputs.
     """
     names = output_names(files, probs, overlay)  # every rank checks every name alike
-    mine = files[rank::world]
-    lookahead = max(2 * batch_size, 4)
-    with ThreadPoolExecutor(max_workers=max(1, threads)) as pool:
-        todo: Iterator[Path] = iter(mine)
-        reads: deque[Future] = deque()
-        writes: deque[tuple[Future, Outcome]] = deque()
+    todo = iter(files[rank::world])
+    streams = predictor.streams
+    lookahead = max(2 * batch_size * streams, 4)  # images decoded, predicted or encoding
+    with ThreadPoolExecutor(max(1, threads), thread_name_prefix="fcnseg-io") as io, \
+            ThreadPoolExecutor(streams, thread_name_prefix="fcnseg-model") as model:
+        jobs: deque[tuple[int, Future]] = deque()  # (images, their outcomes), in file order
 
-        def refill() -> None:
-            while len(reads) + len(writes) < lookahead:
-                f = next(todo, None)
-                if f is None:
-                    return
-                if skip_existing and all((out / n).is_file() for n in names[f].values()):
-                    reads.append(_done(Outcome(f, "skipped", "outputs exist")))
-                else:
-                    reads.append(pool.submit(_read, f))
+        def submit(batch: list[Path]) -> Future:
+            skipped = [(Outcome(f, "skipped", "outputs exist"), None) for f in batch
+                       if skip_existing and all((out / n).is_file() for n in names[f].values())]
+            reads = [io.submit(_read, f) for f in batch
+                     if not any(o.path == f for o, _ in skipped)]
+            if not reads:
+                return _done(skipped)
+            return model.submit(_predict_batch, predictor, reads, io, out, names, alpha, probs,
+                                skipped)
 
-        refill()
-        while reads or writes:
-            while writes and (writes[0][0].done() or not reads):
-                future, outcome = writes.popleft()
-                future.result()  # a failed write (full disk...) stops the job, naming the file
+        while True:
+            while sum(n for n, _ in jobs) < lookahead:
+                batch = list(itertools.islice(todo, batch_size))
+                if not batch:
+                    break
+                jobs.append((len(batch), submit(batch)))
+            if not jobs:
+                return
+            for outcome, written in jobs.popleft()[1].result():
+                if written is not None:
+                    written.result()  # a failed write (full disk...) stops the job, naming it
                 yield outcome
-            batch = [reads.popleft().result() for _ in range(min(batch_size, len(reads)))]
-            for outcome in batch:
-                if outcome.status != "read":
-                    yield outcome
-            ready = []
-            for o in batch:
-                if o.status != "read":
-                    continue
-                try:  # every array the image will need, counted before any is made
-                    predictor.check_memory(*o.image.shape[:2], name=str(o.path))
-                except ImageTooLargeError as exc:
-                    yield Outcome(o.path, "failed", str(exc))
-                    continue
-                ready.append(o)
-            for o in ready:
-                if not predictor.fits_whole(*o.image.shape[:2]):
-                    yield Outcome(o.path, "notice", f"{o.path}: {o.image.shape[0]} x "
-                                  f"{o.image.shape[1]} is too large for a whole-image pass in "
-                                  "the free memory: predicted with --mode slide tiles")
-            if ready:
-                try:
-                    results = predictor.predict_many([o.image for o in ready])
-                except MemoryError:  # the estimate was short: these images fail, not the job
-                    for o in ready:
-                        yield Outcome(o.path, "failed", f"{o.path}: out of memory while "
-                                      "predicting it: resize it or split it into parts")
-                    refill()
-                    continue
-                for o, p in zip(ready, results, strict=True):
-                    o.status, o.mask = "written", p.argmax(0).astype(np.uint8)
-                    arr = p.astype(np.float16) if probs else None
-                    writes.append((pool.submit(_write, predictor, o, out, names[o.path], alpha,
-                                               arr), o))
-            refill()
 
 
-def _done(outcome: Outcome) -> Future:
+def _predict_batch(predictor: Predictor, reads: list[Future], io: ThreadPoolExecutor,
+                   out: Path, names: dict[Path, dict[str, str]], alpha: float,
+                   probs: bool, done: list[tuple[Outcome, Future | None]]
+                   ) -> list[tuple[Outcome, Future | None]]:
+    """Predict the images of ``reads`` (on a model thread) and hand their outputs to ``io``
+    to encode: ``done`` + ``(outcome, write or None)`` per file, notices before their
+    file's outcome."""
+    ready = []
+    for o in (r.result() for r in reads):
+        if o.status != "read":
+            done.append((o, None))
+            continue
+        try:  # every array the image will need, counted before any is made
+            predictor.check_memory(*o.image.shape[:2], name=str(o.path))
+        except ImageTooLargeError as exc:
+            done.append((Outcome(o.path, "failed", str(exc)), None))
+            continue
+        if not predictor.fits_whole(*o.image.shape[:2]):
+            done.append((Outcome(o.path, "notice", f"{o.path}: {o.image.shape[0]} x "
+                                 f"{o.image.shape[1]} is too large for a whole-image pass in "
+                                 "the free memory: predicted with --mode slide tiles"), None))
+        ready.append(o)
+    if not ready:
+        return done
+    images = [o.image for o in ready]
+    try:
+        if probs:
+            maps = predictor.predict_many(images)
+            masks = [p.argmax(0).astype(np.uint8) for p in maps]
+        else:
+            maps, masks = [None] * len(ready), predictor.predict_labels(images)
+    except MemoryError:  # the estimate was short: these images fail, not the job
+        return done + [(Outcome(o.path, "failed", f"{o.path}: out of memory while predicting "
+                                "it: resize it or split it into parts"), None) for o in ready]
+    for o, mask, p in zip(ready, masks, maps, strict=True):
+        o.status, o.mask = "written", mask
+        arr = None if p is None else p.astype(np.float16)
+        done.append((o, io.submit(_write, predictor, o, out, names[o.path], alpha, arr)))
+    return done
+
+
+def _done(outcome: Any) -> Future:
     future: Future = Future()
     future.set_result(outcome)
     return future

@@ -2,9 +2,11 @@
 
 The graph is normalisation -> FCN (its pad-to-32 and crop back included) -> softmax, so the
 file's contract is plain: input ``image``, float32 ``N x 3 x H x W`` RGB pixels in 0-255,
-any N, H and W; output ``probs``, float32 ``N x C x H x W`` class probabilities of the same
-size. Class names, palette, normalisation, ignore index, the fcnseg version and the source
-checkpoint's sha256 travel as ONNX metadata (``fcnseg.*`` keys).
+any N, H and W; outputs ``probs``, float32 ``N x C x H x W`` class probabilities of the same
+size, and ``labels``, uint8 ``N x H x W`` class ids (their argmax, computed in the graph so
+that a runtime asked for masks hands back one byte a pixel instead of C floats). Class
+names, palette, normalisation, ignore index, the fcnseg version and the source checkpoint's
+sha256 travel as ONNX metadata (``fcnseg.*`` keys).
 
 PyTorch's TorchScript-based exporter (``dynamo=False``) is used: it exports the dynamic
 N/H/W of this model, where torch 2.14's default dynamo exporter failed on the batch axis.
@@ -55,6 +57,8 @@ FP32_TOLERANCE = {"max_abs": 1e-3, "agreement": 0.999}
 # labels them (a floor against a broken quantization; it is the only test without masks).
 INT8_MAX_MIOU_DROP = 0.01
 INT8_MIN_AGREEMENT = 0.95
+# The ``labels`` output's type: class ids fit a byte (255 is the ignore index).
+LABEL_DTYPE = torch.uint8
 
 
 class Deployable(nn.Module):
@@ -67,8 +71,11 @@ class Deployable(nn.Module):
         self.register_buffer("a", normalize.a[None])
         self.register_buffer("b", normalize.b[None])
 
-    def forward(self, image: torch.Tensor) -> torch.Tensor:
-        return self.model(image * self.a - self.b)["out"].softmax(1)
+    def forward(self, image: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """``(probs, labels)``: softmax probabilities and the class ids (their argmax, as
+        uint8), so that a runtime asked for masks copies out one byte a pixel, not C floats."""
+        logits = self.model(image * self.a - self.b)["out"]
+        return logits.softmax(1), logits.argmax(1).to(LABEL_DTYPE)
 
 
 @dataclass
@@ -136,8 +143,9 @@ def _trace(deployable: nn.Module, path: Path) -> None:
         warnings.simplefilter("ignore", torch.jit.TracerWarning)
         warnings.simplefilter("ignore", DeprecationWarning)  # the legacy exporter, by choice
         torch.onnx.export(deployable, (example,), str(path), dynamo=False, opset_version=OPSET,
-                          input_names=["image"], output_names=["probs"],
-                          dynamic_axes={"image": axes, "probs": axes})
+                          input_names=["image"], output_names=["probs", "labels"],
+                          dynamic_axes={"image": axes, "probs": axes,
+                                        "labels": {0: "N", 1: "H", 2: "W"}})
 
 
 def _add_metadata(graph: Any, meta: DatasetMeta, ckpt: dict[str, Any], source: str | Path,
@@ -153,7 +161,8 @@ def _add_metadata(graph: Any, meta: DatasetMeta, ckpt: dict[str, Any], source: s
         "fcnseg.checkpoint_sha256": sha256(source),
         "fcnseg.input": "image: float32 N x 3 x H x W, RGB pixels 0-255 (normalised inside), "
                         "any N, H, W",
-        "fcnseg.output": "probs: float32 N x C x H x W softmax probabilities, the input's H x W",
+        "fcnseg.output": "probs: float32 N x C x H x W softmax probabilities; labels: uint8 "
+                         "N x H x W class ids (their argmax); the input's H x W",
         "fcnseg.classes": json.dumps(meta.class_names),
         "fcnseg.palette": json.dumps([list(c) for c in meta.palette]),
         "fcnseg.ignore_index": str(meta.ignore_index),
@@ -180,8 +189,8 @@ def check_int8(deployable: nn.Module, path: Path, samples: list[tuple[np.ndarray
     for image, mask in samples:
         x = torch.from_numpy(image.transpose(2, 0, 1)[None].astype(np.float32))
         with torch.no_grad():
-            ref = deployable(x).argmax(1)[0]
-        got = torch.from_numpy(np.ascontiguousarray(runtime(x.numpy()).argmax(1)[0]))
+            ref = deployable(x)[1][0]
+        got = torch.from_numpy(runtime.labels(x.numpy())[0])
         same, total = same + int((got == ref).sum()), total + ref.numel()
         if mask is not None:
             target = torch.from_numpy(mask.astype(np.int64))
@@ -214,14 +223,16 @@ def check_fp32(deployable: nn.Module, path: Path,
     for i, (h, w) in enumerate(CHECK_SIZES):
         x = _check_batch(h, w, seed=i)
         with torch.no_grad():
-            ref = deployable(x)
+            ref, ref_labels = deployable(x)
         got = torch.from_numpy(np.ascontiguousarray(runtime(x.numpy())))
-        if got.shape != ref.shape:
+        labels = torch.from_numpy(runtime.labels(x.numpy()))
+        if got.shape != ref.shape or labels.shape != ref_labels.shape:
             raise FcnsegError(f"the export gives {tuple(got.shape)} for a {tuple(x.shape)} "
                               f"input where PyTorch gives {tuple(ref.shape)}")
         check = {"size": [h, w], "batch": x.shape[0],
                  "max_abs": float((got - ref).abs().max()),
-                 "agreement": float((got.argmax(1) == ref.argmax(1)).float().mean())}
+                 "agreement": min(float((got.argmax(1) == ref.argmax(1)).float().mean()),
+                                  float((labels == ref_labels).float().mean()))}
         checks.append(check)
         progress(f"fcnseg: check {x.shape[0]} x {h} x {w}: max |p_onnx - p_torch| "
                  f"{check['max_abs']:.2e}, argmax agreement {100 * check['agreement']:.2f} %")

@@ -154,7 +154,9 @@ def predict_batch(forward: Forward, x: np.ndarray, opts: InferenceOptions,
         if scale != 1.0:
             xs = resize_bilinear(x, (max(1, round(h * scale)), max(1, round(w * scale))))
         for flipped in (False, True) if opts.flip else (False,):
-            xv = np.ascontiguousarray(xs[..., ::-1]) if flipped else xs
+            # A copy, not ascontiguousarray: numpy calls a one-pixel-wide flipped view
+            # contiguous and returns it as is, negative stride and all (PyTorch refuses it).
+            xv = xs[..., ::-1].copy() if flipped else xs
             p = forward(xv) if opts.mode == "pad" else _slide(forward, xv, opts, fill)
             if flipped:
                 p = p[..., ::-1]

@@ -48,14 +48,16 @@ class Predictor:
 
     @classmethod
     def from_file(cls, path: str | Path, *, runtime: str = "auto", device: str = "auto",
-                  precision: str = "auto", **options: Any) -> Predictor:
+                  precision: str = "auto", streams: int = 1, **options: Any) -> Predictor:
         """Load a checkpoint (``.pt``) or an exported model (``.onnx``).
 
-        ``runtime`` "auto" follows the file type (``.onnx``: onnxruntime; "openvino" is the
-        fast path on Intel and AMD CPUs); ``precision`` "auto" picks bf16 only on
-        CPUs with bf16 units. ``options`` are :class:`InferenceOptions` fields.
+        ``runtime`` "auto" follows the file type (``.onnx``: OpenVINO where it is
+        installed, else ONNX Runtime); ``precision`` "auto" picks bf16 only on CPUs with
+        bf16 units. ``streams`` > 1 lets an exported model's runtime serve that many calls
+        at once, from as many threads (folders, servers; :attr:`streams`). ``options`` are
+        :class:`InferenceOptions` fields.
         """
-        rt, meta, info, reason = load_runtime(path, runtime, device, precision)
+        rt, meta, info, reason = load_runtime(path, runtime, device, precision, streams)
         return cls(rt, meta, InferenceOptions(**options), str(path), info, reason)
 
     @classmethod
@@ -91,6 +93,12 @@ class Predictor:
         return self._runtime.name
 
     @property
+    def streams(self) -> int:
+        """How many calls the runtime serves at once: keep that many images in flight, each
+        from its own thread, to use every core (1: one call uses them all)."""
+        return getattr(self._runtime, "streams", 1)
+
+    @property
     def precision(self) -> str:
         """``"fp32"``, ``"bf16"``, ``"fp16"`` or ``"int8"``: what the runtime computes in."""
         return self._runtime.precision
@@ -106,7 +114,35 @@ class Predictor:
 
     def predict(self, image: ImageLike) -> np.ndarray:
         """Class ids of one image: ``H x W`` uint8 at the image's exact size."""
-        return self.predict_many([image])[0].argmax(0).astype(np.uint8)
+        return self.predict_labels([image])[0]
+
+    def predict_labels(self, images: Sequence[ImageLike]) -> list[np.ndarray]:
+        """Class ids (``H x W`` uint8 arrays) of images of any sizes.
+
+        A plain whole-image pass asks the runtime for class ids directly (an export computes
+        the argmax in its graph, a PyTorch model on its device), so no ``C x H x W``
+        probabilities are made; test-time augmentation and tiles average probabilities first.
+        """
+        if self.options.mode != "pad" or self.options.flip or self.options.scales != (1.0,) \
+                or not hasattr(self._runtime, "labels"):
+            return [p.argmax(0).astype(np.uint8) for p in self.predict_many(images)]
+        for img in images:
+            if isinstance(img, np.ndarray) and img.ndim == 3:
+                self.check_memory(*img.shape[:2])
+        pixels = [to_pixels(img) for img in images]
+        out: list[np.ndarray | None] = [None] * len(pixels)
+        groups: dict[tuple[int, ...], list[int]] = {}
+        for i, p in enumerate(pixels):
+            if self.fits_whole(*p.shape[1:]):
+                groups.setdefault(p.shape, []).append(i)
+            else:  # tiles: probabilities summed where they overlap, then the argmax
+                probs = predict_grouped(self._runtime, [p], self.tiled_options, self._fill)
+                out[i] = probs[0].argmax(0).astype(np.uint8)
+        for idx in groups.values():  # equal sizes: one batch
+            labels = self._runtime.labels(np.stack([pixels[i] for i in idx]))
+            for i, mask in zip(idx, labels, strict=True):
+                out[i] = mask
+        return out  # type: ignore[return-value]
 
     def predict_many(self, images: Sequence[ImageLike]) -> list[np.ndarray]:
         """Probabilities (``C x H x W`` float32 arrays) of images of any sizes.

@@ -17,9 +17,11 @@ the file's protobuf fields directly (:func:`read_onnx_metadata`).
 
 from __future__ import annotations
 
+import functools
 import io
 import json
 import os
+import queue
 from pathlib import Path
 from typing import Any, BinaryIO
 
@@ -31,23 +33,32 @@ from ..device import cpu_has_fast_bf16
 from ..errors import CheckpointError, FcnsegError, UnknownNameError, first_line
 
 RUNTIMES = ("torch", "onnxruntime", "openvino")
-# File suffix -> the runtime that reads it by default (``runtime="auto"``).
+# File suffix -> the runtime that reads it by default (``runtime="auto"``; an .onnx goes to
+# OpenVINO instead where it is installed).
 DEFAULT_RUNTIME = {".pt": "torch", ".pth": "torch", ".onnx": "onnxruntime"}
 PRECISIONS = DEVICE_PRECISIONS + ("int8",)  # int8: an export's, not an autocast
 # ONNX metadata keys written by `fcnseg export` (plain strings; JSON where structured).
 META_KEY, ARGS_KEY, CONFIG_KEY = "fcnseg.meta", "fcnseg.model_args", "fcnseg.config"
 PRECISION_KEY = "fcnseg.precision"
+# An export's outputs: softmax probabilities, and (since the graph has it) their argmax.
+PROBS, LABELS = "probs", "labels"
 
 
 class OnnxRuntime:
-    """An exported model run by ONNX Runtime on the CPU (fp32, or int8 if exported so)."""
+    """An exported model run by ONNX Runtime on the CPU (fp32, or int8 if exported so).
+
+    ``streams`` > 1 splits the cores between that many concurrent calls (a session runs
+    calls from several threads at once), for folders and servers; 1 gives one call all of
+    them, for the latency of a single image.
+    """
 
     name = "onnxruntime"
 
-    def __init__(self, path: Path, threads: int | None = None) -> None:
+    def __init__(self, path: Path, threads: int | None = None, streams: int = 1) -> None:
         ort = require("onnxruntime")
         options = ort.SessionOptions()
-        options.intra_op_num_threads = threads or cpu_threads()
+        self.streams = max(1, streams)
+        options.intra_op_num_threads = threads or max(1, cpu_threads() // self.streams)
         options.log_severity_level = 3  # warnings about unused initialisers are noise here
         # ONNX Runtime's memory arena keeps its largest pass's blocks and grows past them:
         # ~490 B a pixel for a Lite0 FCN-8s against ~260 without, at the same speed
@@ -62,19 +73,32 @@ class OnnxRuntime:
                                   "export it again with `fcnseg export`") from exc
         self.metadata = dict(self.session.get_modelmeta().custom_metadata_map)
         self.precision = self.metadata.get(PRECISION_KEY, "fp32")
+        self._has_labels = LABELS in {o.name for o in self.session.get_outputs()}
 
     def __call__(self, x: np.ndarray) -> np.ndarray:
-        return self.session.run(["probs"], {"image": x})[0]
+        return self.session.run([PROBS], {"image": x})[0]
+
+    def labels(self, x: np.ndarray) -> np.ndarray:
+        """Class ids ``N x H x W`` uint8: the graph's own argmax (exports before it had one:
+        the argmax of the probabilities)."""
+        if self._has_labels:
+            return self.session.run([LABELS], {"image": x})[0]
+        return self(x).argmax(1).astype(np.uint8)
 
 
 class OpenVinoRuntime:
-    """An exported model compiled by OpenVINO for the CPU, with a precision hint."""
+    """An exported model compiled by OpenVINO for the CPU, with a precision hint.
+
+    ``streams`` > 1 compiles for throughput: that many CPU streams, each running its own
+    inference request on its share of the cores; every calling thread gets its own request,
+    so that many threads infer at once. 1 compiles for latency (one request, all cores).
+    """
 
     name = "openvino"
 
-    def __init__(self, path: Path, precision: str = "auto", threads: int | None = None) -> None:
-        ov = require("openvino")
-        core = ov.Core()
+    def __init__(self, path: Path, precision: str = "auto", threads: int | None = None,
+                 streams: int = 1) -> None:
+        core = openvino_core()
         try:
             model = core.read_model(str(path))
         except Exception as exc:
@@ -90,22 +114,56 @@ class OpenVinoRuntime:
             precision = "bf16" if cpu_has_fast_bf16() else "fp32"
         if precision not in ("fp32", "bf16"):
             raise FcnsegError(f"--precision {precision} with openvino: use auto, fp32 or bf16")
+        self.streams = max(1, streams)
         config = {"INFERENCE_PRECISION_HINT": "bf16" if precision == "bf16" else "f32",
                   "INFERENCE_NUM_THREADS": threads or cpu_threads(),
-                  "PERFORMANCE_HINT": "LATENCY"}
+                  "PERFORMANCE_HINT": "LATENCY" if self.streams == 1 else "THROUGHPUT",
+                  "NUM_STREAMS": self.streams}
         self.compiled = core.compile_model(model, "CPU", config)
         self.precision = "int8" if int8 else precision
+        names = {name for out in self.compiled.outputs for name in out.get_names()}
+        self._probs = self.compiled.output(PROBS)
+        self._labels = self.compiled.output(LABELS) if LABELS in names else None
+        # One inference request per stream, lent to a calling thread for one call: requests
+        # live and die with the runtime, not with the threads that used them.
+        self._requests: queue.SimpleQueue = queue.SimpleQueue()
+        for _ in range(self.streams):
+            self._requests.put(self.compiled.create_infer_request())
+
+    def _infer(self, x: np.ndarray, output: Any) -> np.ndarray:
+        request = self._requests.get()
+        try:
+            return request.infer({"image": x})[output].copy()
+        finally:
+            self._requests.put(request)
 
     def __call__(self, x: np.ndarray) -> np.ndarray:
-        return self.compiled({"image": x})[self.compiled.output("probs")].copy()
+        return self._infer(x, self._probs)
+
+    def labels(self, x: np.ndarray) -> np.ndarray:
+        """Class ids ``N x H x W`` uint8 (see :meth:`OnnxRuntime.labels`)."""
+        if self._labels is None:
+            return self(x).argmax(1).astype(np.uint8)
+        return self._infer(x, self._labels)
+
+
+@functools.cache
+def openvino_core() -> Any:
+    """The process's one OpenVINO ``Core``. Kept for the process's life: with a Core made
+    and dropped per model, a process that had dropped two of them crashed in its next
+    ``fork`` (a subprocess; OpenVINO 2026.4 on Linux)."""
+    return require("openvino").Core()
 
 
 def load_runtime(path: str | Path, runtime: str = "auto", device: str = "auto",
-                 precision: str = "auto") -> tuple[Any, DatasetMeta, dict[str, Any], str]:
+                 precision: str = "auto", streams: int = 1
+                 ) -> tuple[Any, DatasetMeta, dict[str, Any], str]:
     """Open ``path`` with a runtime: ``(runtime, meta, info, reason)``.
 
     ``info`` has the model's ``model_args`` and training ``config`` (what evaluate needs to
     find the data). ``reason`` says in words which runtime and precision run, and why.
+    ``streams``: how many calls an exported model's runtime serves at once (a PyTorch
+    model: one).
     """
     path = Path(path)
     if path.is_dir():
@@ -128,20 +186,27 @@ def load_runtime(path: str | Path, runtime: str = "auto", device: str = "auto",
         if precision not in ("auto", "fp32", "int8"):
             raise FcnsegError(f"--precision {precision} with onnxruntime: the precision is "
                               "the exported file's (fp32, or int8 from fcnseg export --int8)")
-        rt: Any = OnnxRuntime(path)
-        want = rt.precision if precision == "auto" else precision
-        if want != rt.precision:
-            raise FcnsegError(f"{path} is an {rt.precision} model, not {want}: export "
-                              "it again with the precision you want")
+        rt: Any = OnnxRuntime(path, streams=streams)
     else:
-        rt = OpenVinoRuntime(path, "auto" if precision == "int8" else precision)
+        rt = OpenVinoRuntime(path, "auto" if precision == "int8" else precision,
+                             streams=streams)
+    # An int8 file computes in int8 whatever is asked; an fp32 file is not int8.
+    if (precision == "int8") != (rt.precision == "int8") and precision != "auto":
+        raise FcnsegError(f"{path} is an {rt.precision} model, not {precision}: export "
+                          "it again with the precision you want")
     meta, info = _meta_from(rt.metadata, path)
-    return rt, meta, info, f"{name} on the CPU, {rt.precision}"
+    many = f", {rt.streams} streams" if rt.streams > 1 else ""
+    return rt, meta, info, f"{name} on the CPU, {rt.precision}{many}"
 
 
 def _runtime_name(path: Path, runtime: str) -> str:
     if runtime == "auto":
         name = DEFAULT_RUNTIME.get(path.suffix.lower())
+        if name == "onnxruntime" and _importable("openvino"):
+            # OpenVINO runs fcnseg's exports 1.5-2x faster than ONNX Runtime on x86 CPUs,
+            # and its int8 is faster than its fp32 where ONNX Runtime's is slower
+            # (benchmarks/RESULTS.md, "Inference").
+            name = "openvino"
         if name is None:
             if not path.exists():
                 raise CheckpointError(f"checkpoint {path} does not exist: check the path "
@@ -233,6 +298,12 @@ def _meta_from(metadata: dict[str, str], path: Path) -> tuple[DatasetMeta, dict[
         raise CheckpointError(f"{path}: its fcnseg metadata is unreadable ({exc}); export "
                               "it again with `fcnseg export`") from exc
     return meta, info
+
+
+def _importable(module: str) -> bool:
+    import importlib.util
+
+    return importlib.util.find_spec(module) is not None
 
 
 def require(module: str, extra: str = "deploy", what: str = "this ") -> Any:

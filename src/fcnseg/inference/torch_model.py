@@ -28,9 +28,10 @@ from .functional import (
 )
 
 
-def model_forward(model: torch.nn.Module,
-                  dtype: torch.dtype = torch.float32) -> Callable[[torch.Tensor], torch.Tensor]:
-    """Softmax probabilities (fp32) of a PyTorch segmentation model, from normalised images.
+def model_forward(model: torch.nn.Module, dtype: torch.dtype = torch.float32,
+                  labels: bool = False) -> Callable[[torch.Tensor], torch.Tensor]:
+    """Softmax probabilities (fp32) of a PyTorch segmentation model, from normalised images;
+    with ``labels`` their argmax instead (uint8 class ids, no softmax).
 
     ``dtype`` bf16/fp16 runs the model under autocast. Outputs smaller than the input
     (models that do not crop back themselves) are upsampled bilinearly.
@@ -44,7 +45,7 @@ def model_forward(model: torch.nn.Module,
         out = out.float()
         if out.shape[-2:] != x.shape[-2:]:
             out = F.interpolate(out, size=x.shape[-2:], mode="bilinear", align_corners=False)
-        return out.softmax(1)
+        return out.argmax(1).to(torch.uint8) if labels else out.softmax(1)
     return forward
 
 
@@ -54,10 +55,10 @@ def model_device(model: torch.nn.Module) -> torch.device:
 
 
 def _numpy_forward(model: torch.nn.Module, device: torch.device, dtype: torch.dtype,
-                   prepare: Callable[[torch.Tensor], torch.Tensor] = lambda x: x
-                   ) -> Callable[[np.ndarray], np.ndarray]:
+                   prepare: Callable[[torch.Tensor], torch.Tensor] = lambda x: x,
+                   labels: bool = False) -> Callable[[np.ndarray], np.ndarray]:
     """``model_forward`` between numpy arrays: the form :mod:`.functional` calls."""
-    forward = model_forward(model, dtype)
+    forward = model_forward(model, dtype, labels)
 
     def run(x: np.ndarray) -> np.ndarray:
         was_training = model.training  # validation during training: restore it after
@@ -82,9 +83,14 @@ class TorchRuntime:
         normalize = Normalize(meta.mean, meta.std)  # the training transform's x * a - b
         a, b = normalize.a.to(device), normalize.b.to(device)
         self._run = _numpy_forward(model, device, dtype, lambda x: x.mul(a).sub_(b))
+        self._labels = _numpy_forward(model, device, dtype, lambda x: x.mul(a).sub_(b), True)
 
     def __call__(self, x: np.ndarray) -> np.ndarray:
         return self._run(x)
+
+    def labels(self, x: np.ndarray) -> np.ndarray:
+        """Class ids ``N x H x W`` uint8, the argmax taken on the model's device."""
+        return self._labels(x)
 
 
 def load_torch_runtime(path: Path, device: str, precision: str
