@@ -136,6 +136,16 @@ def test_a_non_ascii_api_key_is_a_401_and_refused_at_start_up(predictor, ckpt, c
     assert err.startswith("fcnseg: error:") and "printable ASCII" in err and "\n" not in err
 
 
+def test_an_empty_api_key_is_refused_at_start_up(ckpt, capsys, monkeypatch):
+    # An empty key would serve without authentication and without a word.
+    assert main(["serve", "--checkpoint", str(ckpt), "--api-key", ""]) == 2
+    err = capsys.readouterr().err.strip()
+    assert err.startswith("fcnseg: error:") and "empty" in err and "\n" not in err
+    monkeypatch.setenv("FCNSEG_API_KEY", "")
+    assert main(["serve", "--checkpoint", str(ckpt)]) == 2
+    assert "empty" in capsys.readouterr().err
+
+
 def test_an_eps_upload_never_reaches_ghostscript(predictor, tmp_path, monkeypatch):
     calls = tmp_path / "gs-called"
     fake = tmp_path / "bin" / "gs"
@@ -167,7 +177,9 @@ def test_the_api_docs_work_offline_and_declare_the_key(predictor):
 
 def test_head_and_favicon_answer(predictor):
     c = client(predictor)
-    assert c.head("/").status_code == 200
+    for route in ("/", "/health", "/ready", "/v1/model", "/docs", "/favicon.ico"):
+        r = c.head(route)
+        assert r.status_code == 200 and r.content == b"", route
     icon = c.get("/favicon.ico")
     assert icon.status_code == 200 and icon.content.startswith(b"<svg")
 
@@ -196,14 +208,14 @@ def test_bad_uploads_get_json_errors(predictor, monkeypatch):
 def test_a_full_queue_answers_503_with_retry_after(predictor, monkeypatch):
     app = create_app(predictor, ServeSettings(concurrency=1, queue=0))
     started = threading.Event()
-    real = Predictor.predict_many
+    real = Predictor.predict_labels
 
     def slow(self, images):
         started.set()
         time.sleep(1.0)
         return real(self, images)
 
-    monkeypatch.setattr(Predictor, "predict_many", slow)
+    monkeypatch.setattr(Predictor, "predict_labels", slow)
     c = TestClient(app)
     results = {}
     first = threading.Thread(target=lambda: results.update(a=raw(c, png(20, 20))))

@@ -30,7 +30,8 @@ def add_parser(subparsers: Any, help_text: str) -> None:
                    help=f"largest image, pixels (default {d.max_pixels}; larger: 413)")
     p.add_argument("--concurrency", type=int, default=d.concurrency,
                    help=f"model calls at once (default {d.concurrency}: one call already "
-                        "uses every core)")
+                        "uses every core); an exported model gets as many --streams, each "
+                        "call on its share of the cores")
     p.add_argument("--queue", type=int, default=d.queue,
                    help=f"requests waiting for the model before 503 + Retry-After "
                         f"(default {d.queue})")
@@ -60,13 +61,13 @@ def run(args: argparse.Namespace) -> int:
         max_upload_mb=args.max_upload_mb, max_pixels=args.max_pixels,
         concurrency=args.concurrency, queue=args.queue,
         max_pixels_in_flight=args.max_pixels_in_flight,
-        api_key=args.api_key or os.environ.get("FCNSEG_API_KEY") or None)
+        api_key=os.environ.get("FCNSEG_API_KEY") if args.api_key is None else args.api_key)
     try:
         check_address(args.host, args.port)
     except OSError as exc:  # port in use, address not available: say so before loading
         raise FcnsegError(f"cannot listen on {args.host}:{args.port} ({exc.strerror or exc}): "
                           "choose another --port or --host") from exc
-    predictor = load_predictor(args)
+    predictor = load_predictor(args, streams=settings.concurrency)
     app = create_app(predictor, settings)
     key = "; X-API-Key required on /v1/*" if settings.api_key else ""
     print(f"fcnseg serve: {args.checkpoint} ({predictor.meta.num_classes} classes, "

@@ -149,16 +149,20 @@ def create_app(predictor: Predictor, settings: ServeSettings | None = None) -> F
                                                         settings.api_key.encode()):
             raise ApiError(401, "missing or wrong X-API-Key header")
 
-    @app.get("/health", summary="Liveness: the process answers")
+    get = ["GET", "HEAD"]  # every page and read-only route answers HEAD as well
+
+    @app.api_route("/health", methods=get, summary="Liveness: the process answers")
     async def health() -> dict[str, str]:
         return {"status": "ok"}
 
-    @app.get("/ready", summary="Readiness: the model is loaded and requests are accepted")
+    @app.api_route("/ready", methods=get,
+                   summary="Readiness: the model is loaded and requests are accepted")
     async def ready() -> JSONResponse:
         ok = not gate.draining
         return JSONResponse({"ready": ok}, 200 if ok else 503)
 
-    @app.get("/v1/model", dependencies=[Depends(api_key)], summary="What the model is")
+    @app.api_route("/v1/model", methods=get, dependencies=[Depends(api_key)],
+                   summary="What the model is")
     async def model() -> dict[str, Any]:
         return describe(predictor, settings)
 
@@ -189,8 +193,7 @@ def create_app(predictor: Predictor, settings: ServeSettings | None = None) -> F
                                             settings.max_pixels)
             p = predictor.with_options(mode=mode or predictor.options.mode,
                                        flip=flip or predictor.options.flip)
-            probs = await gate.run(request, checked, p.predict_many, [image])
-            labels = probs[0].argmax(0).astype(np.uint8)
+            labels = (await gate.run(request, checked, p.predict_labels, [image]))[0]
             return await run_in_threadpool(render, predictor, image, labels, output, alpha,
                                            mask)
         finally:
@@ -199,18 +202,18 @@ def create_app(predictor: Predictor, settings: ServeSettings | None = None) -> F
     app.mount("/static", StaticFiles(directory=STATIC), name="static")
     app.mount("/docs-static", StaticFiles(directory=str(swagger_ui_path)), name="docs-static")
 
-    @app.get("/docs", include_in_schema=False)
+    @app.api_route("/docs", methods=get, include_in_schema=False)
     async def docs() -> Response:
         return get_swagger_ui_html(openapi_url=app.openapi_url, title="fcnseg API",
                                    swagger_js_url="/docs-static/swagger-ui-bundle.js",
                                    swagger_css_url="/docs-static/swagger-ui.css",
                                    swagger_favicon_url="/static/favicon.svg")
 
-    @app.api_route("/", methods=["GET", "HEAD"], include_in_schema=False)
+    @app.api_route("/", methods=get, include_in_schema=False)
     async def page() -> FileResponse:
         return FileResponse(STATIC / "index.html")
 
-    @app.api_route("/favicon.ico", methods=["GET", "HEAD"], include_in_schema=False)
+    @app.api_route("/favicon.ico", methods=get, include_in_schema=False)
     async def favicon() -> FileResponse:
         return FileResponse(STATIC / "favicon.svg", media_type="image/svg+xml")
 

@@ -29,6 +29,12 @@ class ServeSettings:
     def __post_init__(self) -> None:
         # A key a client cannot send in a header would lock every client out.
         key = self.api_key
+        if key == "":
+            from ..errors import FcnsegError
+
+            raise FcnsegError("the API key (--api-key / FCNSEG_API_KEY) is empty, which "
+                              "would serve every client without a word: give a key, or "
+                              "leave both unset to serve without one")
         if key is not None and not (key.isascii() and key.isprintable() and key.strip() == key
                                     and key):
             from ..errors import FcnsegError
