@@ -30,6 +30,7 @@ import numpy as np
 from report import write_report
 
 RECIPES = ("default", "bias", "head-fp32", "head-stem-fp32", "mixed")
+STEM_PATTERN = r".*/conv_stem/.*"  # the Lite bodies' first conv (3 input channels)
 
 
 def quantize(fp32: Path, out: Path, images: list[np.ndarray], recipe: str) -> float:
@@ -37,7 +38,7 @@ def quantize(fp32: Path, out: Path, images: list[np.ndarray], recipe: str) -> fl
     import nncf
     import onnx
 
-    from fcnseg.inference.export import HEAD_PATTERN, STEM_PATTERN
+    from fcnseg.inference.export import HEAD_PATTERN
 
     base = recipe.split("+")[0]
     kwargs: dict = {}

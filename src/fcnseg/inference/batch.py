@@ -107,10 +107,10 @@ def predict_files(predictor: Predictor, files: list[Path], out: Path, *, alpha: 
         jobs: deque[tuple[int, Future]] = deque()  # (images, their outcomes), in file order
 
         def submit(batch: list[Path]) -> Future:
-            skipped = [(Outcome(f, "skipped", "outputs exist"), None) for f in batch
-                       if skip_existing and all((out / n).is_file() for n in names[f].values())]
-            reads = [io.submit(_read, f) for f in batch
-                     if not any(o.path == f for o, _ in skipped)]
+            done = {f for f in batch if skip_existing
+                    and all((out / n).is_file() for n in names[f].values())}
+            skipped = [(Outcome(f, "skipped", "outputs exist"), None) for f in done]
+            reads = [io.submit(_read, f) for f in batch if f not in done]
             if not reads:
                 return _done(skipped)
             return model.submit(_predict_batch, predictor, reads, io, out, names, alpha, probs,

@@ -57,11 +57,9 @@ FP32_TOLERANCE = {"max_abs": 1e-3, "agreement": 0.999}
 # labels them (a floor against a broken quantization; it is the only test without masks).
 INT8_MAX_MIOU_DROP = 0.01
 INT8_MIN_AGREEMENT = 0.95
-# ONNX node names (regular expressions) of the FCN's head, the 1x1 score convs and the
-# transposed convs (~1 % of the FLOPs, but every class boundary goes through them), and of
-# the Lite bodies' first conv (3 input channels).
+# ONNX node names (a regular expression) of the FCN's head, the 1x1 score convs and the
+# transposed convs (~1 % of the FLOPs, but every class boundary goes through them).
 HEAD_PATTERN = r".*/model/(score\d+|up\d+to\d+|upsample)/.*"
-STEM_PATTERN = r".*/conv_stem/.*"
 # The ``labels`` output's type: class ids fit a byte (255 is the ignore index).
 LABEL_DTYPE = torch.uint8
 

@@ -123,26 +123,10 @@ class Predictor:
         the argmax in its graph, a PyTorch model on its device), so no ``C x H x W``
         probabilities are made; test-time augmentation and tiles average probabilities first.
         """
-        if self.options.mode != "pad" or self.options.flip or self.options.scales != (1.0,) \
-                or not hasattr(self._runtime, "labels"):
-            return [p.argmax(0).astype(np.uint8) for p in self.predict_many(images)]
-        for img in images:
-            if isinstance(img, np.ndarray) and img.ndim == 3:
-                self.check_memory(*img.shape[:2])
-        pixels = [to_pixels(img) for img in images]
-        out: list[np.ndarray | None] = [None] * len(pixels)
-        groups: dict[tuple[int, ...], list[int]] = {}
-        for i, p in enumerate(pixels):
-            if self.fits_whole(*p.shape[1:]):
-                groups.setdefault(p.shape, []).append(i)
-            else:  # tiles: probabilities summed where they overlap, then the argmax
-                probs = predict_grouped(self._runtime, [p], self.tiled_options, self._fill)
-                out[i] = probs[0].argmax(0).astype(np.uint8)
-        for idx in groups.values():  # equal sizes: one batch
-            labels = self._runtime.labels(np.stack([pixels[i] for i in idx]))
-            for i, mask in zip(idx, labels, strict=True):
-                out[i] = mask
-        return out  # type: ignore[return-value]
+        plain = self.options.mode == "pad" and not self.options.flip \
+            and self.options.scales == (1.0,) and hasattr(self._runtime, "labels")
+        return [p if p.ndim == 2 else p.argmax(0).astype(np.uint8)
+                for p in self._predict(images, labels=plain)]
 
     def predict_many(self, images: Sequence[ImageLike]) -> list[np.ndarray]:
         """Probabilities (``C x H x W`` float32 arrays) of images of any sizes.
@@ -151,6 +135,11 @@ class Predictor:
         for a whole-image pass in the memory available (:meth:`fits_whole`) is predicted
         with overlapping tiles instead, whose memory does not grow with the image.
         """
+        return self._predict(images, labels=False)
+
+    def _predict(self, images: Sequence[ImageLike], labels: bool) -> list[np.ndarray]:
+        """Whole-image passes (class ids with ``labels``, else probabilities) for the
+        images that fit one, tiles (probabilities) for the rest."""
         for img in images:  # before the float copy of any of them is made
             if isinstance(img, np.ndarray) and img.ndim == 3:
                 self.check_memory(*img.shape[:2])
@@ -158,10 +147,12 @@ class Predictor:
         fits = [self.fits_whole(*p.shape[1:]) for p in pixels]
         whole = [i for i, ok in enumerate(fits) if ok]
         tiled = [i for i, ok in enumerate(fits) if not ok]
+        forward = self._runtime.labels if labels else self._runtime
         out: list[np.ndarray | None] = [None] * len(pixels)
-        for idx, opts in ((whole, self.options), (tiled, self.tiled_options)):
-            probs = predict_grouped(self._runtime, [pixels[i] for i in idx], opts, self._fill)
-            for i, p in zip(idx, probs, strict=True):
+        for idx, opts, fn in ((whole, self.options, forward),
+                              (tiled, self.tiled_options, self._runtime)):
+            results = predict_grouped(fn, [pixels[i] for i in idx], opts, self._fill)
+            for i, p in zip(idx, results, strict=True):
                 out[i] = p
         return out  # type: ignore[return-value]
 

@@ -90,8 +90,8 @@ class OpenVinoRuntime:
     """An exported model compiled by OpenVINO for the CPU, with a precision hint.
 
     ``streams`` > 1 compiles for throughput: that many CPU streams, each running its own
-    inference request on its share of the cores; every calling thread gets its own request,
-    so that many threads infer at once. 1 compiles for latency (one request, all cores).
+    inference request on its share of the cores; a call borrows a free request, so that
+    many threads infer at once. 1 compiles for latency (one request, all cores).
     """
 
     name = "openvino"
