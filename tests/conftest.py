@@ -74,3 +74,48 @@ def export_model(checkpoint: Path, out: Path) -> Path:
 
     assert main(["export", "--checkpoint", str(checkpoint), "--out", str(out)]) == 0
     return out
+
+
+def free_port() -> int:
+    """A loopback TCP port nothing listens on now."""
+    import socket
+
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def start_server(command: list[str], timeout: float = 120.0, **popen):
+    """``command`` (an ``fcnseg serve`` line without ``--port``) started on a free port and
+    polled until ``/ready`` answers: ``(process, base URL)``. Fails, naming what the server
+    said, if it exits or is not ready within ``timeout`` seconds."""
+    import subprocess
+    import time
+    import urllib.request
+
+    port = free_port()
+    popen.setdefault("stderr", subprocess.PIPE)
+    proc = subprocess.Popen([*command, "--port", str(port)], text=True, **popen)
+    base = f"http://127.0.0.1:{port}"
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if proc.poll() is not None:
+            pytest.fail(f"the server exited: {proc.stderr.read() if proc.stderr else ''}")
+        try:
+            with urllib.request.urlopen(base + "/ready", timeout=2):
+                return proc, base
+        except OSError:
+            time.sleep(0.1)
+    proc.kill()
+    pytest.fail(f"{' '.join(command)} was not ready in {timeout:g} s")
+
+
+def wait_until(condition, timeout: float = 30.0, what: str = "the condition") -> None:
+    """Poll ``condition()`` until true, failing after ``timeout`` seconds."""
+    import time
+
+    deadline = time.monotonic() + timeout
+    while not condition():
+        if time.monotonic() > deadline:
+            pytest.fail(f"{what} did not happen within {timeout:g} s")
+        time.sleep(0.02)

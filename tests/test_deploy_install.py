@@ -7,10 +7,8 @@ in this environment that the predict and serve path never imports PyTorch.
 
 from __future__ import annotations
 
-import socket
 import subprocess
 import sys
-import time
 import urllib.request
 from pathlib import Path
 
@@ -18,7 +16,7 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from conftest import export_model, make_checkpoint
+from conftest import export_model, make_checkpoint, start_server
 from fcnseg import Predictor
 
 # The modules `fcnseg predict` and `fcnseg serve` load for an exported model.
@@ -52,12 +50,6 @@ def test_predicting_an_export_imports_no_pytorch(onnx_model, tmp_path):
     assert out.strip() == "(48, 72) []"
 
 
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
 @pytest.mark.slow
 def test_the_deploy_install_predicts_and_serves_an_export(deploy_venv, onnx_model, tmp_path):
     fcnseg, python = str(deploy_venv / "fcnseg"), str(deploy_venv / "python")
@@ -75,12 +67,8 @@ def test_the_deploy_install_predicts_and_serves_an_export(deploy_venv, onnx_mode
         written = np.asarray(Image.open(tmp_path / "masks" / f"{f.stem}.png"))
         assert np.array_equal(written, here.predict(f))
 
-    port = _free_port()
-    server = subprocess.Popen([fcnseg, "serve", "--checkpoint", str(onnx_model), "--port",
-                               str(port)], stderr=subprocess.PIPE, text=True)
+    server, base = start_server([fcnseg, "serve", "--checkpoint", str(onnx_model)])
     try:
-        base = f"http://127.0.0.1:{port}"
-        _wait_ready(base, server)
         for page in ("/", "/docs", "/static/app.js"):
             with urllib.request.urlopen(base + page, timeout=10) as reply:
                 assert reply.status == 200
@@ -109,14 +97,3 @@ def test_training_commands_say_what_to_install(deploy_venv, command):
     assert f"fcnseg {command[0]} needs torch" in done.stderr
     assert "pip install 'fcnseg[train]'" in done.stderr
 
-
-def _wait_ready(base: str, server: subprocess.Popen) -> None:
-    deadline = time.time() + 60
-    while time.time() < deadline:
-        assert server.poll() is None, server.stderr.read()
-        try:
-            with urllib.request.urlopen(base + "/ready", timeout=2):
-                return
-        except OSError:
-            time.sleep(0.2)
-    pytest.fail("fcnseg serve did not get ready in 60 s")

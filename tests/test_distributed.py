@@ -6,6 +6,7 @@ import json
 import os
 import subprocess
 import sys
+from pathlib import Path
 
 import pytest
 
@@ -81,3 +82,56 @@ def test_per_rank_batch_rules():
     with pytest.raises(FcnsegError, match="only 1 training images"):
         per_rank_batch(4, 1, two)
     assert per_rank_batch(5, 1, DistInfo()) == 5
+
+
+def _children(pid: int) -> list[int]:
+    """The PIDs of ``pid``'s child processes (Linux /proc)."""
+    found = []
+    for stat in Path("/proc").glob("[0-9]*/stat"):
+        try:
+            fields = stat.read_text().rsplit(")", 1)[1].split()
+        except OSError:
+            continue
+        if int(fields[1]) == pid:
+            found.append(int(stat.parent.name))
+    return found
+
+
+@pytest.mark.slow
+def test_a_killed_worker_is_restarted_and_the_same_command_resumes(data_dir, tmp_path):
+    import signal
+
+    import torch
+
+    from conftest import wait_until
+
+    def args(out: Path) -> list[str]:
+        return ["--dataset", "shapes", "--data-dir", str(data_dir), *DATA, "--model", "fcn8s",
+                "--no-pretrained", "--backbone", "tiny", "--epochs", "6", "--batch-size", "4",
+                "--crop", "48", "48", "--workers", "0", "--device", "cpu", "--precision",
+                "fp32", "--checkpoint-every", "1", "--out", str(out)]
+
+    clean = _torchrun(args(tmp_path / "clean"), tmp_path)
+    assert clean.returncode == 0, clean.stderr[-3000:]
+    out = tmp_path / "faulty"
+    cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc-per-node",
+           "2", "--max-restarts", "1", "-m", "fcnseg", "train", *args(out)]
+    agent = subprocess.Popen(cmd, env={**os.environ, "OMP_NUM_THREADS": "1"}, cwd=tmp_path,
+                             stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    try:
+        wait_until(lambda: (out / "last.pt").is_file(), 120, "the first step checkpoint")
+        workers = _children(agent.pid)
+        assert len(workers) == 2
+        os.kill(max(workers), signal.SIGKILL)  # a worker dies mid-run
+        _, err = agent.communicate(timeout=300)
+    finally:
+        agent.kill()
+    assert agent.returncode == 0, err[-3000:]
+    assert "torchrun restart 1: resuming from" in err
+    # exact resume: the run ends where the run without a fault ended
+    done, ref = (torch.load(p / "last.pt", weights_only=True) for p in (out, tmp_path / "clean"))
+    assert done["progress"]["step"] == ref["progress"]["step"] and done["epoch"] == 6
+    for name, tensor in ref["model"].items():
+        assert torch.equal(done["model"][name], tensor), name
+    rows = [json.loads(line) for line in (out / "log.jsonl").read_text().splitlines()]
+    assert [r["epoch"] for r in rows] == list(range(1, 7))

@@ -11,16 +11,14 @@ import base64
 import io
 import os
 import shutil
-import socket
 import subprocess
 import time
-import urllib.request
 from pathlib import Path
 
 import pytest
 from PIL import Image
 
-from conftest import CAMVID, export_model, make_checkpoint
+from conftest import CAMVID, export_model, make_checkpoint, start_server
 from fcnseg.data.camvid import camvid_meta
 
 CHROMIUM, DRIVER = "/usr/bin/chromium", "/usr/bin/chromedriver"
@@ -41,20 +39,9 @@ def server(tmp_path_factory, deploy_venv):
     folder = tmp_path_factory.mktemp("browser")
     ckpt = make_checkpoint(folder / "camvid.pt", meta.class_names, meta.palette, model="fcn8s")
     model = export_model(ckpt, folder / "camvid.onnx")
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        port = s.getsockname()[1]
-    proc = subprocess.Popen([str(deploy_venv / "fcnseg"), "serve", "--checkpoint",
-                             str(model), "--port", str(port), "--api-key", KEY],
-                            stderr=subprocess.DEVNULL)
-    base = f"http://127.0.0.1:{port}"
-    deadline = time.time() + 120
-    while time.time() < deadline:
-        try:
-            with urllib.request.urlopen(base + "/ready", timeout=2):
-                break
-        except OSError:
-            time.sleep(0.2)
+    proc, base = start_server([str(deploy_venv / "fcnseg"), "serve", "--checkpoint",
+                               str(model), "--api-key", KEY],
+                               stderr=subprocess.DEVNULL)
     yield base, meta
     proc.terminate()
     proc.wait(timeout=60)
@@ -87,6 +74,8 @@ def test_the_page_through_its_states(server, browser, tmp_path):
     first, second = sorted((CAMVID / "val").glob("*.png"))[:2]
     small = tmp_path / "small.png"  # a new upload of another size over the first result
     Image.open(second).resize((240, 180)).save(small)
+    big = tmp_path / "big.png"  # slow to segment: a later small image must win over it
+    Image.open(first).resize((2400, 1800)).save(big)
     broken = tmp_path / "broken.png"
     broken.write_bytes(b"this is not a picture")
     shown = lambda i: driver.find_element(By.ID, i).is_displayed()  # noqa: E731
@@ -95,7 +84,7 @@ def test_the_page_through_its_states(server, browser, tmp_path):
     def shot(name: str) -> None:
         path = tmp_path / f"{name}.png"
         driver.save_screenshot(str(path))
-        assert Image.open(path).size[0] > 600
+        assert Image.open(path).size[0] >= 390  # the phone width, at least
         if os.environ.get("FCNSEG_SCREENSHOTS"):
             shutil.copy(path, Path(os.environ["FCNSEG_SCREENSHOTS"]) / path.name)
 
@@ -120,14 +109,23 @@ def test_the_page_through_its_states(server, browser, tmp_path):
     assert shown("key-row") and not any(shown(i) for i in ("result", "legend", "download",
                                                               "opacity", "original"))
     shot("1-empty")
-    # an upload without the key: an error, still no result; the key, then the retry
+    # an upload without the key: an error, still no result; a wrong key, then the key
+    # (typed, then the button), and the retry of what the key blocked
     choose(first)
-    WebDriverWait(driver, 30).until(lambda d: "X-API-Key" in status())
+    WebDriverWait(driver, 30).until(lambda d: "needs an API key" in status())
     assert not shown("result")
     key = driver.find_element(By.ID, "key")
+    use = driver.find_element(By.CSS_SELECTOR, "#key-row button")
+    key.send_keys("not-the-key")
+    use.click()
+    WebDriverWait(driver, 30).until(
+        lambda d: "wrong key" in d.find_element(By.ID, "model").text)
+    assert shown("key-row") and not shown("result")
+    key.clear()
     key.send_keys(KEY)
-    driver.execute_script("arguments[0].dispatchEvent(new Event('change'))", key)
+    use.click()
     result_for(480, 360)
+    assert not shown("key-row")  # accepted: the field goes away
     rows = [li.text.splitlines() for li in driver.find_elements(By.CSS_SELECTOR, "#legend li")]
     assert rows and all(name in meta.class_names for name, _ in rows)
     shares = [float(share.split()[0]) for _, share in rows]
@@ -148,6 +146,23 @@ def test_the_page_through_its_states(server, browser, tmp_path):
     result_for(240, 180)
     assert "240 x 180" in status()
     shot("4-new-upload")
+    # a big image, then at once a small one: the big one's request is aborted, and its
+    # answer never replaces the small one's result
+    choose(big)
+    choose(small)
+    result_for(240, 180)
+    time.sleep(3)  # longer than the big image takes to segment here
+    result_for(240, 180)
+    assert "240 x 180" in status()
+    # on a phone the result lands below the drop zone: the page scrolls to it
+    driver.set_window_size(390, 844)
+    choose(first)
+    result_for(480, 360)
+    WebDriverWait(driver, 10).until(lambda d: d.execute_script(
+        "const r = document.getElementById('result').getBoundingClientRect();"
+        "return r.top >= 0 && r.top < window.innerHeight / 2;"))
+    shot("5-phone")
+    driver.set_window_size(1200, 900)
     # the background class is left transparent: the photo shows through it
     alphas = driver.execute_async_script("""
         const done = arguments[arguments.length - 1];

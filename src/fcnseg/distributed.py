@@ -47,6 +47,15 @@ class DistInfo:
         return self.world_size > 1
 
 
+def elastic_restart() -> int:
+    """How many times torchrun has restarted this worker group (``--max-restarts``): 0 on
+    the first start and outside torchrun."""
+    try:
+        return int(os.environ.get("TORCHELASTIC_RESTART_COUNT", "0"))
+    except ValueError:
+        return 0
+
+
 def setup_distributed(device_name: str = "auto") -> DistInfo:
     """Read torchrun's environment, pick this rank's device and join the process group.
 

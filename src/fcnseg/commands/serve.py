@@ -26,8 +26,19 @@ def add_parser(subparsers: Any, help_text: str) -> None:
                         "FCNSEG_API_KEY environment variable, else no key)")
     p.add_argument("--max-upload-mb", type=float, default=d.max_upload_mb,
                    help=f"largest upload, MB (default {d.max_upload_mb:g}; larger: 413)")
+    p.add_argument("--max-receiving-mb", type=float, default=d.max_receiving_mb,
+                   help="uploads being received at once, MB by their Content-Length, beyond "
+                        "which new uploads get 503 + Retry-After: the bound on memory under "
+                        "many uploaders (default: three --max-upload-mb)")
     p.add_argument("--max-pixels", type=int, default=d.max_pixels,
                    help=f"largest image, pixels (default {d.max_pixels}; larger: 413)")
+    p.add_argument("--max-whole-pixels", type=int, default=d.max_whole_pixels,
+                   help="larger images are predicted by tiles (--tile), one band of rows at "
+                        "a time: a request then needs about 5 bytes a pixel (the image and its "
+                        "mask) plus a band of tile height x width x classes x 12 bytes, where "
+                        "a whole pass needs about 160 + 12 x classes bytes a pixel "
+                        f"(default {d.max_whole_pixels}: Full HD and smaller in one pass; "
+                        "0: as the free memory allows)")
     p.add_argument("--concurrency", type=int, default=d.concurrency,
                    help=f"model calls at once (default {d.concurrency}: one call already "
                         "uses every core); an exported model gets as many --streams, each "
@@ -51,14 +62,11 @@ def run(args: argparse.Namespace) -> int:
     from ..serve import ServeSettings, create_app
     from ..serve.server import check_address, run_server
 
-    if args.concurrency < 1 or args.queue < 0 or args.max_pixels < 1 or args.max_upload_mb <= 0 \
-            or args.max_pixels_in_flight < 0:
-        raise FcnsegError("--concurrency and --max-pixels must be >= 1, --queue and "
-                          "--max-pixels-in-flight >= 0, --max-upload-mb > 0")
     if not 0 <= args.port <= 65535:
         raise FcnsegError(f"--port {args.port} must be between 0 and 65535")
     settings = ServeSettings(
-        max_upload_mb=args.max_upload_mb, max_pixels=args.max_pixels,
+        max_upload_mb=args.max_upload_mb, max_receiving_mb=args.max_receiving_mb,
+        max_pixels=args.max_pixels, max_whole_pixels=args.max_whole_pixels,
         concurrency=args.concurrency, queue=args.queue,
         max_pixels_in_flight=args.max_pixels_in_flight,
         api_key=os.environ.get("FCNSEG_API_KEY") if args.api_key is None else args.api_key)

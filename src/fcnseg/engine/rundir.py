@@ -34,8 +34,10 @@ def check_run_folder(run_dir: Path, resume: bool, overwrite: bool) -> None:
     if resume or not (run_dir / "last.pt").exists():
         return
     if overwrite:
-        # best.pt must belong to this run: a new run may never validate, or score lower
-        (run_dir / "best.pt").unlink(missing_ok=True)
+        # best.pt must belong to this run: a new run may never validate, or score lower;
+        # last.pt too: a worker restarted by torchrun resumes from it
+        for name in ("best.pt", "last.pt"):
+            (run_dir / name).unlink(missing_ok=True)
         return
     raise RunFolderError(f"{run_dir} already holds a run (last.pt): continue it with "
                          f"`fcnseg train --resume --out {run_dir}`, choose a new --out, or "

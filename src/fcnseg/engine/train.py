@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import json
 import math
+import sys
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -26,7 +27,9 @@ from ..distributed import (
     all_reduce_sum,
     barrier,
     cleanup_distributed,
+    elastic_restart,
     main_rank_int,
+    rank_and_world,
     setup_distributed,
     sync_buffers,
 )
@@ -65,7 +68,15 @@ def train(overrides: dict[str, Any], config_file: str | None = None, recipe: str
     ``--epochs`` to extend a finished run.
     """
     if resume is None:
-        return fit(resolve_config(overrides, config_file, recipe=recipe), overwrite=overwrite)
+        config = resolve_config(overrides, config_file, recipe=recipe)
+        if not (elastic_restart() and (Path(config.out) / "last.pt").is_file()):
+            return fit(config, overwrite=overwrite)
+        # torchrun restarted the workers after one died: the same command line goes on
+        # from the run's last checkpoint (--checkpoint-every bounds the steps redone).
+        overrides, resume = {**overrides, "out": config.out}, "last"
+        if rank_and_world(env=True)[0] == 0:
+            print(f"fcnseg train: torchrun restart {elastic_restart()}: resuming from "
+                  f"{config.out}/last.pt", file=sys.stderr, flush=True)
     if resume == "last":
         path = Path(overrides.get("out") or TrainConfig().out) / "last.pt"
     else:

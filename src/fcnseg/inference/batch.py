@@ -143,7 +143,7 @@ def _predict_batch(predictor: Predictor, reads: list[Future], io: ThreadPoolExec
             done.append((o, None))
             continue
         try:  # every array the image will need, counted before any is made
-            predictor.check_memory(*o.image.shape[:2], name=str(o.path))
+            predictor.check_memory(*o.image.shape[:2], name=str(o.path), labels=not probs)
         except ImageTooLargeError as exc:
             done.append((Outcome(o.path, "failed", str(exc)), None))
             continue

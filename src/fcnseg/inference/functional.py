@@ -42,7 +42,9 @@ class InferenceOptions:
 
     ``mode`` "pad" or "slide"; ``tile``/``stride`` (H, W) of the sliding window (stride
     default: 2/3 of the tile); ``tile_batch`` tiles per forward; ``flip`` and ``scales``
-    test-time augmentation. A bad value raises :class:`FcnsegError` naming it.
+    test-time augmentation; ``max_whole_pixels`` sends larger images to tiles whatever
+    memory is free (a service's bound per request; 0: the free memory decides). A bad value
+    raises :class:`FcnsegError` naming it.
     """
 
     mode: str = "pad"
@@ -51,6 +53,7 @@ class InferenceOptions:
     tile_batch: int = DEFAULT_TILE_BATCH
     flip: bool = False
     scales: tuple[float, ...] = (1.0,)
+    max_whole_pixels: int = 0  # larger images go by tiles, whatever memory is free (0: none)
 
     def __post_init__(self) -> None:
         if self.mode not in MODES:
@@ -65,6 +68,8 @@ class InferenceOptions:
         if stride[0] > tile[0] or stride[1] > tile[1]:
             raise OptionError(f"stride {list(stride)} is larger than tile {list(tile)}: pixels "
                               "between tiles would get no prediction; use a smaller stride")
+        if self.max_whole_pixels < 0:
+            raise OptionError(f"max whole pixels {self.max_whole_pixels} must be >= 0")
         if self.tile_batch < 1:
             raise OptionError(f"tile batch {self.tile_batch} must be at least 1")
         if not self.scales or min(self.scales) <= 0:
@@ -136,6 +141,57 @@ def _slide(forward: Forward, x: np.ndarray, opts: InferenceOptions,
     assert total is not None
     total /= count
     return total[:, :, :h, :w]
+
+
+def slide_labels(forward: Forward, image: np.ndarray, opts: InferenceOptions,
+                 fill: np.ndarray | None = None) -> np.ndarray:
+    """Class ids (``H x W`` uint8) of one ``H x W x 3`` uint8 image by sliding tiles, one row
+    of tiles at a time: the probabilities of :func:`predict_batch`'s ``"slide"``, but only a
+    band one tile high is kept as floats, so memory beyond the image itself is bounded by
+    the tile and the width, not the image. ``opts.flip`` averages each tile with its mirror.
+    """
+    h, w = image.shape[:2]
+    th, tw = opts.tile
+    sh, sw = opts.window_stride
+    ph, pw = max(h, th), max(w, tw)
+    ys, xs = _positions(ph, th, sh), _positions(pw, tw, sw)
+    out = np.empty((h, w), np.uint8)
+    total: np.ndarray | None = None  # C x th x pw: rows [y, y + th) of the running sums
+    count = np.zeros((th, pw), np.float32)
+    for row, y in enumerate(ys):
+        for start in range(0, len(xs), opts.tile_batch):
+            cols = xs[start:start + opts.tile_batch]
+            tiles = np.stack([_tile(image, y, x, opts.tile, fill) for x in cols])
+            probs = forward(np.concatenate([tiles, tiles[..., ::-1]]) if opts.flip else tiles)
+            if opts.flip:
+                probs = (probs[:len(cols)] + probs[len(cols):, :, :, ::-1]) / 2
+            if total is None:  # the class count is only known after the first forward
+                total = np.zeros((probs.shape[1], th, pw), np.float32)
+            for x, p in zip(cols, probs, strict=True):
+                total[:, :, x:x + tw] += p
+                count[:, x:x + tw] += 1
+        assert total is not None
+        done = (ys[row + 1] if row + 1 < len(ys) else ph) - y  # rows no later tile reaches
+        rows = min(done, h - y)
+        if rows > 0:
+            out[y:y + rows] = (total[:, :rows, :w] / count[:rows, :w]).argmax(0)
+        total = np.concatenate([total[:, done:], np.zeros_like(total[:, :done])], axis=1)
+        count = np.concatenate([count[done:], np.zeros_like(count[:done])])
+    return out
+
+
+def _tile(image: np.ndarray, y: int, x: int, size: tuple[int, int],
+          fill: np.ndarray | None) -> np.ndarray:
+    """The ``3 x th x tw`` float32 tile of an ``H x W x 3`` uint8 image at (y, x), padded
+    with ``fill`` (3 x 1 x 1; None: zero) where the image is smaller than the tile."""
+    th, tw = size
+    part = image[y:y + th, x:x + tw].transpose(2, 0, 1)
+    if part.shape[1:] == (th, tw):
+        return part.astype(np.float32)
+    tile = np.empty((3, th, tw), np.float32)
+    tile[...] = 0 if fill is None else fill
+    tile[:, :part.shape[1], :part.shape[2]] = part
+    return tile
 
 
 def predict_batch(forward: Forward, x: np.ndarray, opts: InferenceOptions,

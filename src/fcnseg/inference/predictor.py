@@ -23,7 +23,7 @@ from ..data.io import ImageTooLargeError, read_image
 from ..data.meta import DatasetMeta
 from ..device import available_memory
 from ..errors import OptionError
-from .functional import InferenceOptions, predict_grouped
+from .functional import InferenceOptions, predict_grouped, slide_labels
 from .runtimes import load_runtime
 
 ImageLike = Any  # a path (str / Path), a PIL image, or an H x W x 3 uint8 array
@@ -121,65 +121,73 @@ class Predictor:
 
         A plain whole-image pass asks the runtime for class ids directly (an export computes
         the argmax in its graph, a PyTorch model on its device), so no ``C x H x W``
-        probabilities are made; test-time augmentation and tiles average probabilities first.
+        probabilities are made; test-time augmentation averages probabilities first, and
+        tiles keep them for one band of rows at a time (:func:`slide_labels`).
         """
-        plain = self.options.mode == "pad" and not self.options.flip \
-            and self.options.scales == (1.0,) and hasattr(self._runtime, "labels")
         return [p if p.ndim == 2 else p.argmax(0).astype(np.uint8)
-                for p in self._predict(images, labels=plain)]
+                for p in self._predict(images, labels=True)]
 
     def predict_many(self, images: Sequence[ImageLike]) -> list[np.ndarray]:
         """Probabilities (``C x H x W`` float32 arrays) of images of any sizes.
 
         Images of equal size go through the model together (one batch). An image too large
-        for a whole-image pass in the memory available (:meth:`fits_whole`) is predicted
-        with overlapping tiles instead, whose memory does not grow with the image.
+        for a whole-image pass (:meth:`fits_whole`) is predicted with overlapping tiles.
         """
         return self._predict(images, labels=False)
 
     def _predict(self, images: Sequence[ImageLike], labels: bool) -> list[np.ndarray]:
-        """Whole-image passes (class ids with ``labels``, else probabilities) for the
-        images that fit one, tiles (probabilities) for the rest."""
-        for img in images:  # before the float copy of any of them is made
-            if isinstance(img, np.ndarray) and img.ndim == 3:
-                self.check_memory(*img.shape[:2])
-        pixels = [to_pixels(img) for img in images]
-        fits = [self.fits_whole(*p.shape[1:]) for p in pixels]
-        whole = [i for i, ok in enumerate(fits) if ok]
-        tiled = [i for i, ok in enumerate(fits) if not ok]
-        forward = self._runtime.labels if labels else self._runtime
-        out: list[np.ndarray | None] = [None] * len(pixels)
-        for idx, opts, fn in ((whole, self.options, forward),
-                              (tiled, self.tiled_options, self._runtime)):
-            results = predict_grouped(fn, [pixels[i] for i in idx], opts, self._fill)
-            for i, p in zip(idx, results, strict=True):
-                out[i] = p
-        return out  # type: ignore[return-value]
+        """Whole-image passes for the images that fit one (equal sizes batched), tiles for
+        the rest; class ids where ``labels`` and nothing needs probabilities."""
+        rgb = [to_image(img) for img in images]
+        for img in rgb:  # before the float copy of any of them is made
+            self.check_memory(*img.shape[:2], labels=labels)
+        whole = [i for i, img in enumerate(rgb) if self.fits_whole(*img.shape[:2])]
+        opts = self.options
+        plain = labels and opts.mode == "pad" and not opts.flip and opts.scales == (1.0,) \
+            and hasattr(self._runtime, "labels")
+        results = predict_grouped(self._runtime.labels if plain else self._runtime,
+                                  [chw(rgb[i]) for i in whole], opts, self._fill)
+        out: list[np.ndarray] = [np.empty(0)] * len(rgb)
+        for i, p in zip(whole, results, strict=True):
+            out[i] = p
+        tiled = self.tiled_options
+        for i in sorted(set(range(len(rgb))) - set(whole)):
+            if labels and opts.scales == (1.0,):  # a band of probabilities at a time
+                out[i] = slide_labels(self._runtime, rgb[i], tiled, self._fill)
+            else:
+                out[i] = predict_grouped(self._runtime, [chw(rgb[i])], tiled, self._fill)[0]
+        return out
 
     def fits_whole(self, height: int, width: int) -> bool:
-        """Whether a whole-image pass over ``height x width`` fits in half the free memory.
+        """Whether ``height x width`` is predicted in one pass: mode "pad", at most
+        ``options.max_whole_pixels`` (when set), and within half the free memory.
 
         A pass needs about ``160 + 12 x classes`` bytes per pixel (FCN-8s / ResNet-18,
         measured: benchmarks/RESULTS.md); sliding tiles need :meth:`tiled_need`.
         """
-        if self.options.mode == "slide":
-            return True
+        limit = self.options.max_whole_pixels
+        if self.options.mode == "slide" or (limit and height * width > limit):
+            return False
         need = height * width * (160 + 12 * self.meta.num_classes)
         return need <= available_memory() // 2
 
-    def tiled_need(self, height: int, width: int) -> int:
-        """Bytes a tiled pass over ``height x width`` needs however small its tiles: the
-        float copy of the image, the class probabilities and their running sum, and one
-        batch of tiles."""
+    def tiled_need(self, height: int, width: int, labels: bool = False) -> int:
+        """Bytes a tiled pass over ``height x width`` needs however small its tiles: one
+        batch of tiles, and for class ids the image, its ids and one band of probabilities
+        (:func:`slide_labels`), else the image's float copy, its probabilities and their
+        running sum."""
         pixels, classes = height * width, self.meta.num_classes
         tile_h, tile_w = self.options.tile
         tiles = self.options.tile_batch * tile_h * tile_w * (160 + 12 * classes)
+        if labels and self.options.scales == (1.0,):
+            return pixels * 4 + 3 * classes * tile_h * max(width, tile_w) * 4 + tiles
         return pixels * (12 + 8 * classes) + tiles
 
-    def check_memory(self, height: int, width: int, name: str = "image") -> None:
+    def check_memory(self, height: int, width: int, name: str = "image",
+                     labels: bool = False) -> None:
         """Raise :class:`ImageTooLargeError` (one line) when even a tiled pass over a
         ``height x width`` image cannot fit in the memory this process can still use."""
-        need, free = self.tiled_need(height, width), available_memory()
+        need, free = self.tiled_need(height, width, labels), available_memory()
         if need > free:
             raise ImageTooLargeError(
                 f"{name}: {height} x {width} needs about {need / 2**30:.1f} GiB to predict "
@@ -193,8 +201,8 @@ class Predictor:
         return dataclasses.replace(self.options, mode="slide")
 
 
-def to_pixels(image: ImageLike) -> np.ndarray:
-    """A ``3 x H x W`` float32 array of RGB pixels (0-255) from a path, PIL image or array."""
+def to_image(image: ImageLike) -> np.ndarray:
+    """An ``H x W x 3`` uint8 RGB array from a path, PIL image, array or tensor."""
     if isinstance(image, (str, Path)):
         image = read_image(image)
     elif hasattr(image, "convert") and hasattr(image, "size"):  # a PIL image
@@ -206,4 +214,10 @@ def to_pixels(image: ImageLike) -> np.ndarray:
         got = f"{image.dtype} {image.shape}" if isinstance(image, np.ndarray) else type(image)
         raise OptionError(f"expected an image path, a PIL image or an H x W x 3 uint8 array, "
                           f"got {got}")
+    return image
+
+
+def chw(image: np.ndarray) -> np.ndarray:
+    """The ``3 x H x W`` float32 pixels (0-255) of an ``H x W x 3`` uint8 image."""
     return np.ascontiguousarray(image.transpose(2, 0, 1), dtype=np.float32)
+

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import os
 import socket
+import sys
 import threading
 import time
 from typing import Any
@@ -83,4 +84,8 @@ def run_server(app: Any, host: str, port: int, log_level: str = "warning",
     protocol = type("Protocol", (HeaderTimeoutProtocol,), {"header_timeout": header_timeout})
     config = uvicorn.Config(app, host=host, port=port, log_level=log_level, http=protocol,
                             timeout_graceful_shutdown=30)
+    # Uploads are parsed in worker threads, some of it Python code holding the GIL; the
+    # event loop waits for the GIL at most this long at each turn (default 5 ms), so that
+    # /health and other clients answer promptly while large uploads are parsed.
+    sys.setswitchinterval(0.0005)
     DrainingServer(config, app.state.gate).run()

@@ -1,11 +1,27 @@
 // fcnseg web page: upload an image, draw the predicted classes over it, list them.
 // States: empty (nothing but the drop zone), busy (the new image, no old result beside it),
-// result (overlay, legend, download), error (a message, no stale result).
+// result (overlay, legend, download), error (a message, no stale result). Only the latest
+// image counts: choosing another aborts the request still under way.
 "use strict";
 const $ = (id) => document.getElementById(id);
 let maskImage = null;
 let clearColours = [];  // "r,g,b" of classes left transparent (background)
 let lastFile = null;
+let pending = null;  // the AbortController of the request under way
+
+function needKey(wrong) {
+  // The server refused the key (or its absence): ask for one, saying which.
+  $("key-row").hidden = false;
+  $("key").focus();
+  const text = wrong ? "wrong key: check it and enter it again"
+                     : "this server needs an API key: enter it above";
+  $("model").textContent = text;
+  return text;
+}
+
+function keyAccepted() {
+  $("key-row").hidden = true;
+}
 
 function headers() {
   const key = sessionStorage.getItem("fcnseg-key");
@@ -31,10 +47,10 @@ function clearResult() {
 async function loadModel() {
   const r = await fetch("/v1/model", { headers: headers() });
   if (r.status === 401) {
-    $("key-row").hidden = false;
-    $("model").textContent = "this server needs an API key";
+    needKey(Boolean(sessionStorage.getItem("fcnseg-key")));
     return false;
   }
+  keyAccepted();
   const m = await r.json();
   clearColours = m.classes.filter((c) => c.name.toLowerCase() === "background")
     .map((c) => c.color.join(","));
@@ -95,28 +111,33 @@ function showLegend(classes) {
 
 async function segment(file) {
   if (!file) return;
+  if (pending) pending.abort();  // an older image's answer must not land over this one
+  const mine = pending = new AbortController();
   lastFile = file;
   clearResult();  // never an old mask over a new image
   status(`segmenting ${file.name}…`);
   const form = new FormData();
   form.append("image", file);
-  let r;
+  let r, body;
   try {
     r = await fetch("/v1/segment?output=json&mask=true", { method: "POST", body: form,
-                                                           headers: headers() });
+                                                           headers: headers(),
+                                                           signal: mine.signal });
+    body = await r.json().catch(() => ({ error: `HTTP ${r.status}` }));
   } catch (e) {
+    if (mine.signal.aborted) return;  // replaced by a newer image: nothing to say
     status(`the server did not answer (${e})`, true);
     return;
+  } finally {
+    if (pending === mine) pending = null;
   }
-  const body = await r.json().catch(() => ({ error: `HTTP ${r.status}` }));
+  if (mine.signal.aborted) return;
   if (!r.ok) {
-    if (r.status === 401) {
-      $("key-row").hidden = false;
-      $("key").focus();
-    }
-    status(body.error || `HTTP ${r.status}`, true);
+    status(r.status === 401 ? needKey(Boolean(headers()["X-API-Key"]))
+                            : body.error || `HTTP ${r.status}`, true);
     return;
   }
+  keyAccepted();
   const href = `data:image/png;base64,${body.mask_png}`;
   $("download").href = href;
   $("download").download = file.name.replace(/\.[^.]*$/, "") + "_mask.png";
@@ -129,6 +150,8 @@ async function segment(file) {
   showLegend(body.classes);
   $("result").hidden = false;
   status(`${file.name}: ${body.width} x ${body.height}`);
+  // On a phone the result is below the drop zone: bring it into view.
+  $("result").scrollIntoView({ behavior: "smooth", block: "start" });
 }
 
 $("file").addEventListener("change", (e) => {
@@ -136,8 +159,9 @@ $("file").addEventListener("change", (e) => {
   e.target.value = "";  // choosing the same file again is a new upload
 });
 $("opacity").addEventListener("input", drawOverlay);
-$("key").addEventListener("change", async (e) => {
-  sessionStorage.setItem("fcnseg-key", e.target.value);
+$("key-row").addEventListener("submit", async (e) => {
+  e.preventDefault();  // the button and Enter both use the key; the page stays
+  sessionStorage.setItem("fcnseg-key", $("key").value);
   if (await loadModel() && lastFile) segment(lastFile);  // retry what the key blocked
 });
 const drop = $("drop");
