@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import subprocess
 import sys
 from pathlib import Path
@@ -135,3 +136,44 @@ def test_a_killed_worker_is_restarted_and_the_same_command_resumes(data_dir, tmp
         assert torch.equal(done["model"][name], tensor), name
     rows = [json.loads(line) for line in (out / "log.jsonl").read_text().splitlines()]
     assert [r["epoch"] for r in rows] == list(range(1, 7))
+
+
+@pytest.mark.slow
+def test_two_machines_train_together_and_share_the_prediction(data_dir, tmp_path):
+    """Two torchrun agents (two "nodes" on loopback, c10d rendezvous) form one world of 2:
+    one run, written once; then one predict job whose files are split between them."""
+    from conftest import free_port
+
+    endpoint = f"127.0.0.1:{free_port()}"
+
+    def both(*command: str, job: str) -> list[subprocess.CompletedProcess]:
+        agents = [subprocess.Popen(
+            [sys.executable, "-m", "torch.distributed.run", "--nnodes", "2",
+             "--nproc-per-node", "1", "--rdzv-backend", "c10d", "--rdzv-endpoint", endpoint,
+             "--rdzv-id", job, "-m", "fcnseg", *command],
+            env={**os.environ, "OMP_NUM_THREADS": "1"}, cwd=tmp_path, text=True,
+            stdout=subprocess.PIPE, stderr=subprocess.PIPE) for _ in range(2)]
+        return [subprocess.CompletedProcess(a.args, a.wait(timeout=300), *a.communicate())
+                for a in agents]
+
+    out = tmp_path / "run"
+    trained = both("train", "--dataset", "shapes", "--data-dir", str(data_dir), *DATA,
+                   "--model", "fcn32s", "--no-pretrained", "--backbone", "tiny", "--epochs",
+                   "1", "--batch-size", "4", "--crop", "48", "48", "--workers", "0",
+                   "--device", "cpu", "--precision", "fp32", "--out", str(out), job="train")
+    assert [t.returncode for t in trained] == [0, 0], trained[0].stderr[-2000:]
+    text = "".join(t.stdout + t.stderr for t in trained)
+    assert "2 per process x 2" in text and text.count("fcnseg train:") == 1
+    assert len((out / "log.jsonl").read_text().splitlines()) == 1
+    images = sorted((data_dir / "JPEGImages").glob("*.png"))[:6]
+    folder = tmp_path / "to_predict"
+    folder.mkdir()
+    for i, image in enumerate(images):
+        (folder / f"{i}.png").write_bytes(image.read_bytes())
+    predicted = both("predict", "--checkpoint", str(out / "last.pt"), str(folder), "--out",
+                     str(tmp_path / "masks"), "--no-progress", job="predict")
+    assert [p.returncode for p in predicted] == [0, 0], predicted[0].stderr[-2000:]
+    masks = sorted(p.name for p in (tmp_path / "masks").glob("*.png") if "_" not in p.name)
+    assert masks == sorted(f"{i}.png" for i in range(len(images)))
+    said = "".join(p.stdout + p.stderr for p in predicted)  # each node its half, once
+    assert sorted(re.findall(r"rank (\d)/2: predicted 3, skipped 0", said)) == ["0", "1"]
