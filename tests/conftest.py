@@ -119,3 +119,23 @@ def wait_until(condition, timeout: float = 30.0, what: str = "the condition") ->
         if time.monotonic() > deadline:
             pytest.fail(f"{what} did not happen within {timeout:g} s")
         time.sleep(0.02)
+
+
+def quick_flags(data_dir: Path, out: Path, *extra: str, data=SHAPES) -> list[str]:
+    """``fcnseg train`` flags of a run of seconds on the shapes set at ``data_dir``: the
+    tiny backbone from random weights, fp32 on the CPU; ``extra`` flags override."""
+    options = [x for k, v in data.items() for x in ("--data-option", f"{k}={v}")]
+    return ["--dataset", "shapes", "--data-dir", str(data_dir), *options, "--model", "fcn8s",
+            "--no-pretrained", "--backbone", TINY, "--epochs", "2", "--batch-size", "4",
+            "--crop", "48", "48", "--workers", "0", "--device", "cpu", "--precision", "fp32",
+            "--out", str(out), *extra]
+
+
+def quick_config(data_dir: Path, out: Path, **overrides):
+    """The :func:`quick_flags` run as a resolved ``TrainConfig`` (``overrides`` as fields)."""
+    from fcnseg.engine.config import resolve_config
+
+    base = dict(dataset="shapes", data_dir=str(data_dir), data_options=SHAPES, model="fcn8s",
+                pretrained=False, backbone=TINY, epochs=2, batch_size=4, crop=[48, 48],
+                workers=0, device="cpu", precision="fp32", out=str(out))
+    return resolve_config({**base, **overrides})

@@ -53,6 +53,8 @@ def test_two_process_metrics_equal_one_process(data_dir, tmp_path):
     assert "2 per process x 2" in res.stderr + res.stdout
     rows = [json.loads(line) for line in (out / "log.jsonl").read_text().splitlines()]
     assert len(rows) == 1
+    events = list(out.glob("events.out.tfevents.*"))  # ...TIME.HOST.PID.N: one writer
+    assert events and len({e.name.rsplit(".", 2)[1] for e in events}) == 1
     # 5 validation images split 3 + 2 over the ranks: counted once each after all-reduce.
     model, meta, ck = model_from_checkpoint(out / "last.pt")
     val = build_dataset("shapes", data_dir, "val", size=8, image_size=48, val_size=5)

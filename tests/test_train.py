@@ -15,7 +15,7 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from conftest import SHAPES
+from conftest import SHAPES, quick_config
 from fcnseg.checkpoint import load_checkpoint, model_from_checkpoint
 from fcnseg.cli import main
 from fcnseg.engine import run as run_mod
@@ -34,13 +34,11 @@ def data_dir(shapes_dir):
 
 
 def _config(data_dir, out, **kw):
-    base = dict(dataset="shapes", data_dir=str(data_dir), data_options=DATA, model="fcn8s",
-                pretrained=False, backbone="tiny", epochs=2, batch_size=4, crop=[48, 48], workers=0,
-                device="cpu", precision="fp32", out=str(out), warmup_iters=2, lr=0.01,
-                log_every=1, ema=0.9,  # the weight average on: resume must restore it too
-                class_balance=0.5)  # and the class-balanced draws must replay
-    base.update(kw)
-    return resolve_config(base)
+    return quick_config(data_dir, out, **{
+        "warmup_iters": 2, "lr": 0.01, "log_every": 1,
+        "ema": 0.9,  # the weight average on: resume must restore it too
+        "class_balance": 0.5,  # and the class-balanced draws must replay
+        **kw})
 
 
 def _val_stems(data_dir):

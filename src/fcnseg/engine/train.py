@@ -41,6 +41,7 @@ from .budget import Clock, recent_pace, replan_epochs, save_plan
 from .config import TrainConfig, resolve_config
 from .run import DivergedError, Run, build_run, reschedule, save
 from .rundir import check_run_folder, run_folder_lock
+from .tensorboard import Board
 
 __all__ = ["DivergedError", "TrainResult", "fit", "train", "train_one_epoch", "validate"]
 
@@ -131,6 +132,7 @@ def _train(run: Run) -> TrainResult:
                   f"--max-steps {run.config.max_steps}); go on with --max-steps 0 (no limit) "
                   "or a larger value")
     metrics, epoch_ends = None, [run.now()]
+    board = Board(run.run_dir, state.epoch, enabled=run.info.is_main)
     while state.epoch < run.config.epochs and not _at_step_limit(run):
         whole_epoch = state.iteration == 0  # not the rest of one, after a resume
         run.sampler.set_epoch(state.epoch, skip=state.iteration)
@@ -138,7 +140,7 @@ def _train(run: Run) -> TrainResult:
         if state.iteration < run.steps_per_epoch:  # stopped by --max-steps mid-epoch
             save(run, "last.pt", "at the step limit")
             break
-        row = _finish_epoch(run)
+        row, validated = _finish_epoch(run), None
         if whole_epoch:  # only whole epochs tell the pace
             epoch_ends.append(run.now())
             _keep_to_budget(run, epoch_ends)
@@ -148,7 +150,7 @@ def _train(run: Run) -> TrainResult:
         # Saved before validating: a failure there must not cost the epoch's training.
         save(run, "last.pt", f"after epoch {state.epoch}")
         if run.val_ds is not None and (last or state.epoch % max(run.config.val_every, 1) == 0):
-            metrics = validate(run)
+            metrics = validated = validate(run)
             row.update(val_pixel_accuracy=float(metrics["pixel_accuracy"]),
                        val_miou=float(metrics["miou"]))
             improved = row["val_miou"] > state.best_miou
@@ -157,8 +159,10 @@ def _train(run: Run) -> TrainResult:
             if improved:
                 save(run, "best.pt", f"after validating epoch {state.epoch}")
         _log_epoch(run, row)
+        board.epoch(row, validated, run.meta.class_names, _pictures(run))
         if last:
             break
+    board.finish(run.config.to_dict(), state.history)
     barrier(run.info)
     return TrainResult(run.run_dir, state.history, state.best_miou, metrics, state.epoch,
                        state.step, run.predicting_model, run.meta)
@@ -239,11 +243,17 @@ def validate(run: Run) -> dict[str, Any]:
     # Every rank must score the very model that rank 0 saves (DDP leaves each rank with
     # the BatchNorm statistics of its own last batch).
     sync_buffers(run.predicting_model, run.info)
-    shots = (run.run_dir / "val" / f"epoch_{run.state.epoch:03d}"
-             if config.val_images else None)
+    shots = _pictures(run)
     predictor = Predictor.from_model(run.predicting_model, run.meta, run.dtype)
     return evaluate(predictor, run.val_ds, batch_size=run.batch, save_predictions=shots,
                     max_images=config.val_images).compute()
+
+
+def _pictures(run: Run) -> Path | None:
+    """Where validation writes this epoch's prediction strips (None: --val-images 0)."""
+    if not run.config.val_images:
+        return None
+    return run.run_dir / "val" / f"epoch_{run.state.epoch:03d}"
 
 
 def _at_step_limit(run: Run) -> bool:
