@@ -67,6 +67,19 @@ def test_the_deploy_install_predicts_and_serves_an_export(deploy_venv, onnx_mode
         written = np.asarray(Image.open(tmp_path / "masks" / f"{f.stem}.png"))
         assert np.array_equal(written, here.predict(f))
 
+    from test_video import decoded, make_video, video_info
+
+    video = make_video(tmp_path / "drive.mp4", 6, 48, 64)
+    done = subprocess.run([fcnseg, "predict", "--checkpoint", str(onnx_model), str(video),
+                           "--out", str(tmp_path / "video"), "--video-masks"],
+                          capture_output=True, text=True)
+    assert done.returncode == 0, done.stderr
+    assert video_info(tmp_path / "video" / "drive_overlay.mp4")[:2] == (64, 48)
+    masks = sorted((tmp_path / "video" / "drive_masks").glob("*.png"))
+    assert len(masks) == 6
+    for frame, path in zip(decoded(video), masks, strict=True):
+        assert np.array_equal(np.asarray(Image.open(path)), here.predict(frame))
+
     server, base = start_server([fcnseg, "serve", "--checkpoint", str(onnx_model)])
     try:
         for page in ("/", "/docs", "/static/app.js"):

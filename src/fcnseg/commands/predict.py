@@ -23,13 +23,17 @@ MASK_SUFFIXES = (".png", ".bmp", ".tif", ".tiff", ".gif")
 
 def add_parser(subparsers: Any, help_text: str) -> None:
     p = subparsers.add_parser("predict", help=help_text, description=help_text)
-    p.add_argument("inputs", nargs="+", metavar="INPUT", help="image files, folders or globs")
+    p.add_argument("inputs", nargs="+", metavar="INPUT",
+                   help="image files, folders or globs, and video files (drive.mp4: an "
+                        "overlay video <stem>_overlay.mp4 of the same size and frame rate)")
     p.add_argument("--checkpoint", required=True, metavar="MODEL",
                    help="a best.pt / last.pt, or an exported model.onnx")
     p.add_argument("--out", required=True, metavar="DIR", help="output folder")
     p.add_argument("--alpha", type=float, default=0.5, help="overlay opacity (default 0.5)")
     p.add_argument("--no-overlay", action="store_true",
                    help="write the masks only (no <stem>_overlay.png): faster on big folders")
+    p.add_argument("--video-masks", action="store_true",
+                   help="for a video, also write each frame's mask: <stem>_masks/000000.png...")
     p.add_argument("--probs", action="store_true",
                    help="also write <stem>_probs.npy: class probabilities, float16 C x H x W")
     p.add_argument("--skip-existing", action="store_true",
@@ -83,6 +87,42 @@ def _write_grid(grid: list[tuple[Any, Any, Any]], meta: Any, path: str) -> None:
     print(f"fcnseg: wrote {path}", file=sys.stderr)
 
 
+def _video(predictor: Any, path: Path, out: Path, args: argparse.Namespace) -> int:
+    """Predict one video (its overlay video, and with --video-masks its frames' masks);
+    1 if it failed (said in one line), else 0."""
+    from tqdm import tqdm
+
+    from ..errors import FcnsegError
+    from ..inference.video import predict_video_file, video_outputs
+
+    outputs = video_outputs(path, out, not args.no_overlay, args.video_masks or
+                            args.no_overlay)
+    if args.skip_existing and all(p.exists() for p in outputs.values()):
+        print(f"fcnseg: {path}: skipped, its outputs exist", file=sys.stderr)
+        return 0
+    bar = tqdm(unit="frame", desc=path.name, disable=args.no_progress or None,
+               dynamic_ncols=True)
+
+    def advance(done: int, total: int) -> None:
+        bar.total = total or None
+        bar.update(1)
+
+    start = time.perf_counter()
+    try:
+        count = predict_video_file(predictor, path, out, alpha=args.alpha,
+                                   overlay_video="overlay" in outputs,
+                                   masks="masks" in outputs, on_frame=advance)
+    except FcnsegError as exc:
+        bar.close()
+        print(f"fcnseg: skipped {exc}", file=sys.stderr)
+        return 1
+    bar.close()
+    seconds = time.perf_counter() - start
+    print(f"fcnseg: {path} -> {', '.join(str(p) for p in outputs.values())} ({count} frames, "
+          f"{count / max(seconds, 1e-9):.1f} frames/s)", file=sys.stderr)
+    return 0
+
+
 def run(args: argparse.Namespace) -> int:
     from tqdm import tqdm
 
@@ -91,6 +131,7 @@ def run(args: argparse.Namespace) -> int:
     from ..fileio import check_output_file, ensure_writable_dir
     from ..inference.batch import collect_inputs, predict_files
     from ..inference.runtimes import cpu_threads
+    from ..inference.video import is_video
 
     if not 0.0 <= args.alpha <= 1.0:
         raise FcnsegError(f"--alpha {args.alpha} must be between 0 and 1")
@@ -103,15 +144,22 @@ def run(args: argparse.Namespace) -> int:
     if args.masks is not None and not Path(args.masks).is_dir():
         raise FcnsegError(f"--masks {args.masks} is not a folder of ground-truth masks")
     files, failures = collect_inputs(args.inputs)
+    videos = [f for f in files if is_video(f)]
+    files = [f for f in files if not is_video(f)]
     rank, world = rank_and_world(env=True)
     for pattern, why in failures if rank == 0 else ():
         print(f"fcnseg: skipped {pattern}: {why}", file=sys.stderr)
-    predictor = load_predictor(args, streams=cpu_threads() if len(files) > 1 else 1)
+    predictor = load_predictor(args, streams=cpu_threads() if len(files) > 1 or videos else 1)
     who = f"rank {rank}/{world}: " if world > 1 else ""
     mine = len(range(rank, len(files), world))
-    print(f"fcnseg: {who}{mine} of {len(files)} images with {args.checkpoint} "
+    what = " and ".join(([f"{mine} of {len(files)} images"] if files or not videos else [])
+                        + ([f"{len(videos[rank::world])} of {len(videos)} videos"] if videos
+                           else []))
+    print(f"fcnseg: {who}{what} with {args.checkpoint} "
           f"({predictor.meta.num_classes} classes; {predictor.reason})", file=sys.stderr)
-    counts = {"written": 0, "skipped": 0, "failed": len(failures) if rank == 0 else 0}
+    video_failures = sum(_video(predictor, v, out, args) for v in videos[rank::world])
+    counts = {"written": 0, "skipped": 0,
+              "failed": (len(failures) if rank == 0 else 0) + video_failures}
     grid: list[tuple[Any, Any, Any]] = []
     start = time.perf_counter()
     bar = tqdm(total=mine, unit="img", disable=args.no_progress or None, dynamic_ncols=True)
@@ -138,6 +186,9 @@ def run(args: argparse.Namespace) -> int:
     bar.close()
     if args.grid is not None and grid:
         _write_grid(grid, predictor.meta, args.grid)
+    if not files and videos:  # 2: nothing could be predicted, as for images
+        return (2 if video_failures == len(videos[rank::world]) else 1) if counts["failed"] \
+            else 0
     rate = f"{counts['written'] / max(time.perf_counter() - start, 1e-9):.1f} img/s"
     print(f"fcnseg: {who}predicted {counts['written']}, skipped {counts['skipped']} existing, "
           f"{counts['failed']} failed ({rate})", file=sys.stderr)

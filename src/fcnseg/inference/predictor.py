@@ -13,7 +13,7 @@ inference is a method::
 from __future__ import annotations
 
 import dataclasses
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -134,6 +134,14 @@ class Predictor:
         for a whole-image pass (:meth:`fits_whole`) is predicted with overlapping tiles.
         """
         return self._predict(images, labels=False)
+
+    def predict_video(self, path: str | Path) -> Iterator[np.ndarray]:
+        """Class ids (``H x W`` uint8) of each frame of a video file, frame by frame, in
+        order; :attr:`streams` frames in the model at once (PyAV: ``fcnseg[video]``)."""
+        from .video import predict_frames
+
+        for _, mask in predict_frames(self, path):
+            yield mask
 
     def _predict(self, images: Sequence[ImageLike], labels: bool) -> list[np.ndarray]:
         """Whole-image passes for the images that fit one (equal sizes batched), tiles for
