@@ -23,12 +23,11 @@ from pathlib import Path
 import numpy as np
 from PIL import Image
 
-from report import write_report
-
 from fcnseg import Predictor
 from fcnseg.inference.batch import predict_files
 from fcnseg.inference.runtimes import cpu_threads
 from fcnseg.inference.video import frames, predict_video_file
+from report import write_report
 
 
 def write_video(images: list[Path], path: Path, rate: int = 30) -> None:
