@@ -93,8 +93,8 @@ def test_unpaired_images_and_bad_class_file(tmp_path):
 
 
 def test_registry_and_root_errors(tmp_path):
-    with pytest.raises(UnknownNameError, match="camvid, folder, shapes, voc"):
-        build_dataset("coco", tmp_path, "train")
+    with pytest.raises(UnknownNameError, match="camvid, coco, folder, shapes, voc"):
+        build_dataset("cityscapes", tmp_path, "train")
     with pytest.raises(DataError, match="does not exist"):
         build_dataset("folder", tmp_path / "nope", "all")
     make_folder(tmp_path)

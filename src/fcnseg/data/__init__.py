@@ -1,4 +1,5 @@
-"""Data sets (VOC, CamVid, image/mask folders, synthetic shapes), reading and transforms.
+"""Data sets (VOC, CamVid, image/mask folders, COCO annotations, synthetic shapes), reading
+and transforms.
 
 ``build_dataset(name, root, split, transform=None, download=False, **options)`` is the one
 entry point; every data set yields ``(float image 3xHxW, int64 mask HxW)`` with labels in
@@ -24,7 +25,7 @@ if TYPE_CHECKING:
     from .base import SegmentationDataset, Transform
 
 # The data sets: each is the module of its name, whose ``build_<name>`` builds it.
-DATASETS: tuple[str, ...] = ("voc", "camvid", "folder", "shapes")
+DATASETS: tuple[str, ...] = ("voc", "camvid", "folder", "coco", "shapes")
 # The other public names -> the module that defines them (imported on first use).
 _LAZY = {"SegmentationDataset": "base", "Transform": "base", "camvid_meta": "camvid",
          "render_sample": "shapes", "shapes_meta": "shapes", "eval_transform": "transforms",
@@ -63,7 +64,7 @@ def build_dataset(
     download: bool = False,
     **options,
 ) -> SegmentationDataset:
-    """Build data set ``name`` (voc, camvid, folder or shapes) from ``root``.
+    """Build data set ``name`` (one of :data:`DATASETS`) from ``root``.
 
     ``options`` go to the data set's builder (e.g. ``size``/``image_size``/``seed`` for
     shapes, ``cache_dir`` for any); an option a builder does not take is a user error.
@@ -88,6 +89,7 @@ def build_dataset(
 
 __all__ = [
     "DATASETS", "DatasetMeta", "SegmentationDataset", "build_dataset", "build_camvid",
-    "build_folder", "build_shapes", "build_voc", "camvid_meta", "eval_transform", "read_image",
-    "read_mask", "render_sample", "shapes_meta", "train_transform", "voc_colormap", "voc_meta",
+    "build_coco", "build_folder", "build_shapes", "build_voc", "camvid_meta", "eval_transform",
+    "read_image", "read_mask", "render_sample", "shapes_meta", "train_transform",
+    "voc_colormap", "voc_meta",
 ]
