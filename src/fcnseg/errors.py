@@ -8,6 +8,8 @@ Programming errors stay ordinary exceptions so that they do show a traceback.
 
 from __future__ import annotations
 
+from collections.abc import Iterable
+
 
 class FcnsegError(Exception):
     """An error caused by the user's input, reported without a traceback."""
@@ -33,7 +35,7 @@ class UnknownNameError(FcnsegError, KeyError):
     """An unknown registry name (model, backbone, data set...). A KeyError, as in
     segmentation_models_pytorch, whose message lists the valid names."""
 
-    def __init__(self, kind: str, name: object, valid: list[str] | tuple[str, ...]) -> None:
+    def __init__(self, kind: str, name: object, valid: Iterable[str]) -> None:
         self.kind, self.name, self.valid = kind, name, tuple(valid)
         super().__init__(f"unknown {kind} {name!r}: choose one of {', '.join(self.valid)}")
 

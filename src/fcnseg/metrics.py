@@ -12,6 +12,8 @@ from typing import Any
 
 import torch
 
+from .data.meta import IGNORE_INDEX
+
 
 class ConfusionMatrix:
     """A ``num_classes x num_classes`` count matrix: rows are the truth, columns the prediction.
@@ -21,7 +23,7 @@ class ConfusionMatrix:
     target that is neither a class index nor the ignore index (a label remapping bug).
     """
 
-    def __init__(self, num_classes: int, ignore_index: int = 255) -> None:
+    def __init__(self, num_classes: int, ignore_index: int = IGNORE_INDEX) -> None:
         if num_classes < 1:
             raise ValueError(f"num_classes must be >= 1, got {num_classes}")
         self.num_classes = int(num_classes)

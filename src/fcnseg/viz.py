@@ -19,9 +19,10 @@ import numpy as np
 from PIL import Image
 
 from .data.io import PNG_LEVEL
+from .data.meta import IGNORE_INDEX, voc_colormap
 from .fileio import atomic_write
 
-IGNORE_COLOR = (224, 224, 192)  # VOC's colour for the 255 "void / boundary" label
+IGNORE_COLOR = voc_colormap()[IGNORE_INDEX]  # VOC's (224, 224, 192), as the mask PNGs
 Palette = Sequence[Sequence[int]]
 
 
@@ -41,12 +42,15 @@ def _lut(palette: Palette, ignore_index: int, ignore_color: Sequence[int]) -> np
     return lut
 
 
-def colorize(mask: Any, palette: Palette, ignore_index: int = 255,
+def colorize(mask: Any, palette: Palette, ignore_index: int = IGNORE_INDEX,
              ignore_color: Sequence[int] = IGNORE_COLOR) -> np.ndarray:
     """Colour an ``H x W`` label mask: class ``i`` gets ``palette[i]`` -> uint8 ``H x W x 3``."""
-    m = _np(mask).astype(np.int64)
+    m = _np(mask)
+    if m.dtype != np.uint8:  # class ids in a byte index the table as they are
+        m = m.astype(np.int64)
     n = len(palette)
-    bad = (m < 0) | ((m >= n) & (m != ignore_index))
+    bad = ((m >= n) & (m != ignore_index)) if m.dtype == np.uint8 else \
+        (m < 0) | ((m >= n) & (m != ignore_index))
     if bad.any():
         raise ValueError(f"label {int(m[bad][0])} has no colour: palette has {n} classes "
                          f"and ignore index {ignore_index}")
@@ -55,17 +59,27 @@ def colorize(mask: Any, palette: Palette, ignore_index: int = 255,
     return _lut(palette, ignore_index, ignore_color)[m]
 
 
+OVERLAY_BLOCK = 2**18  # pixels blended at a time: the float copies stay small and in cache
+
+
 def overlay(image: Any, mask: Any, palette: Palette, alpha: float = 0.5,
-            ignore_index: int = 255) -> np.ndarray:
-    """Blend the colour mask over a uint8 ``H x W x 3`` image; ignored pixels stay as they are."""
+            ignore_index: int = IGNORE_INDEX) -> np.ndarray:
+    """Blend the colour mask over a uint8 ``H x W x 3`` image; ignored pixels stay as they are.
+    Blended a band of rows at a time: beyond the result, memory does not grow with the image."""
     img = _np(image)
     m = _np(mask)
     if img.shape[:2] != m.shape:
         raise ValueError(f"image {img.shape[:2]} and mask {m.shape} sizes differ")
-    colour = colorize(m, palette, ignore_index).astype(np.float32)
-    out = img.astype(np.float32) * (1 - alpha) + colour * alpha
-    out[m == ignore_index] = img[m == ignore_index]
-    return np.clip(np.rint(out), 0, 255).astype(np.uint8)
+    out = np.empty(img.shape, np.uint8)
+    rows = max(1, OVERLAY_BLOCK // max(1, img.shape[1]))
+    for y in range(0, img.shape[0], rows):
+        part, labels = img[y:y + rows], m[y:y + rows]
+        colour = colorize(labels, palette, ignore_index).astype(np.float32)
+        blend = part.astype(np.float32) * (1 - alpha) + colour * alpha
+        keep = labels == ignore_index
+        blend[keep] = part[keep]
+        out[y:y + rows] = np.clip(np.rint(blend), 0, 255)
+    return out
 
 
 def denormalize(image: Any, mean: Sequence[float], std: Sequence[float]) -> np.ndarray:

@@ -33,7 +33,7 @@ CAMVID_SPLITS = ("train", "val", "test")
 
 def camvid_meta() -> DatasetMeta:
     """Metadata of CamVid (SegNet's 11 classes and colours); void is ignored (255)."""
-    return DatasetMeta("camvid", CAMVID_CLASSES, CAMVID_PALETTE, ignore_index=255)
+    return DatasetMeta("camvid", CAMVID_CLASSES, CAMVID_PALETTE)
 
 
 def build_camvid(

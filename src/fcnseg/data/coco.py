@@ -36,7 +36,7 @@ import numpy as np
 from ..errors import DataError
 from .base import SegmentationDataset, Transform
 from .io import read_mask, write_mask
-from .meta import DatasetMeta, voc_colormap
+from .meta import IGNORE_INDEX, DatasetMeta, voc_colormap
 
 RULE = "largest-first, crowd-ignored, v1"  # part of the cache key: a new rule renders anew
 TOLERANCE = 1.0  # pixels a polygon may stray past the image's edge (rounding in tools)
@@ -110,7 +110,7 @@ def render(image: dict[str, Any], anns: list[dict[str, Any]], label: dict[int, i
             continue
         covered |= pixels
         out[pixels] = label.get(int(ann["category_id"]), 0)
-    out[crowd & ~covered] = 255
+    out[crowd & ~covered] = IGNORE_INDEX
     return out
 
 

@@ -28,7 +28,7 @@ from pathlib import Path
 from ..errors import DataError
 from .base import SegmentationDataset, Transform
 from .io import IMAGE_EXTENSIONS, read_mask
-from .meta import IMAGENET_MEAN, IMAGENET_STD, DatasetMeta
+from .meta import IGNORE_INDEX, IMAGENET_MEAN, IMAGENET_STD, DatasetMeta
 
 MASK_EXTENSIONS = (".png", ".bmp", ".tif", ".tiff", ".gif")
 CLASSES_EXAMPLE = '{"classes": [{"name": "background", "color": [0, 0, 0]}, ...]}'
@@ -43,7 +43,7 @@ def load_classes(path: Path) -> tuple[DatasetMeta, int, tuple[int, int, int] | N
         classes = spec["classes"]
         names = [str(c["name"]) for c in classes]
         colors = [tuple(int(v) for v in c["color"]) for c in classes]
-        ignore = int(spec.get("ignore_index", 255))
+        ignore = int(spec.get("ignore_index", IGNORE_INDEX))
         ic = spec.get("ignore_color")
         ignore_color = tuple(int(v) for v in ic) if ic is not None else None
         mean = tuple(float(v) for v in spec.get("mean", IMAGENET_MEAN))
@@ -59,7 +59,7 @@ def load_classes(path: Path) -> tuple[DatasetMeta, int, tuple[int, int, int] | N
         raise DataError(f"{path}: ignore_index {ignore} is also a class id; use e.g. 255")
     if len(set(colors)) != len(colors) or (ignore_color in colors):
         raise DataError(f"{path}: class colours (and ignore_color) must all differ")
-    meta = DatasetMeta(path.parent.name or "folder", names, colors, 255, mean, std,
+    meta = DatasetMeta(path.parent.name or "folder", names, colors, IGNORE_INDEX, mean, std,
                        extra={"source": "folder"})
     return meta, ignore, ignore_color  # type: ignore[return-value]
 
@@ -137,7 +137,7 @@ def build_folder(
                         f"{len(stems)}); masks are paired with images by file stem")
     files = [(image_files[s], mask_files[s]) for s in stems]
     reader = functools.partial(read_mask, colors=meta.palette, ignore_color=ignore_color,
-                               ignore_index=255)
-    label_map = {raw_ignore: 255} if raw_ignore != 255 else None
+                               ignore_index=IGNORE_INDEX)
+    label_map = {raw_ignore: IGNORE_INDEX} if raw_ignore != IGNORE_INDEX else None
     return SegmentationDataset(files, meta, transform, source=source, label_map=label_map,
                                mask_reader=reader, cache=cache, cache_dir=cache_dir)

@@ -23,7 +23,7 @@ from PIL import Image, ImageFile, ImageOps, UnidentifiedImageError
 
 from ..errors import DataError
 from ..fileio import atomic_write
-from .meta import voc_colormap
+from .meta import IGNORE_INDEX, voc_colormap
 
 # A half-written image must be an error, never a partly grey picture with wrong labels.
 # Another library may have switched this on process-wide; we check it at every read.
@@ -144,7 +144,7 @@ def read_mask(
     path: str | Path,
     colors: list[tuple[int, int, int]] | None = None,
     ignore_color: tuple[int, int, int] | None = None,
-    ignore_index: int = 255,
+    ignore_index: int = IGNORE_INDEX,
 ) -> np.ndarray:
     """Read a label mask as an ``H x W`` int64 array of raw label values.
 

@@ -5,6 +5,9 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import Any
 
+# The label of pixels that count in neither the loss nor the metrics (VOC's boundary, CamVid's
+# void, COCO's crowds): every data set remaps its own to this, every mask stores it.
+IGNORE_INDEX = 255
 IMAGENET_MEAN = (0.485, 0.456, 0.406)
 IMAGENET_STD = (0.229, 0.224, 0.225)
 
@@ -39,7 +42,7 @@ class DatasetMeta:
     name: str
     class_names: list[str]
     palette: list[tuple[int, int, int]]
-    ignore_index: int = 255
+    ignore_index: int = IGNORE_INDEX
     mean: tuple[float, float, float] = IMAGENET_MEAN
     std: tuple[float, float, float] = IMAGENET_STD
     extra: dict[str, Any] = field(default_factory=dict)
@@ -80,7 +83,7 @@ class DatasetMeta:
             name=d["name"],
             class_names=list(d["class_names"]),
             palette=[tuple(c) for c in d["palette"]],
-            ignore_index=int(d.get("ignore_index", 255)),
+            ignore_index=int(d.get("ignore_index", IGNORE_INDEX)),
             mean=tuple(d.get("mean", IMAGENET_MEAN)),
             std=tuple(d.get("std", IMAGENET_STD)),
             extra=dict(d.get("extra", {})),

@@ -32,7 +32,7 @@ from PIL import Image
 from ..errors import DataError
 from .base import SegmentationDataset, Transform
 from .io import write_mask
-from .meta import DatasetMeta
+from .meta import IGNORE_INDEX, DatasetMeta
 from .voc import build_voc
 
 SHAPES_CLASSES = ["background", "disk", "square", "triangle", "ring"]
@@ -48,7 +48,7 @@ _SPLIT_CODES = {"train": 1, "val": 2}
 
 def shapes_meta() -> DatasetMeta:
     """Metadata of the synthetic shapes data set (5 classes incl. background)."""
-    return DatasetMeta("shapes", SHAPES_CLASSES, SHAPES_PALETTE, ignore_index=255)
+    return DatasetMeta("shapes", SHAPES_CLASSES, SHAPES_PALETTE)
 
 
 def _shape_mask(cls: int, yy: np.ndarray, xx: np.ndarray, p: dict) -> np.ndarray:
@@ -214,7 +214,8 @@ def _write(out: Path, params: dict) -> None:
         (sets / f"{split}.txt").write_text("\n".join(ids) + "\n")
     classes = [{"name": nm, "color": list(c)} for nm, c in zip(meta.class_names, meta.palette,
                                                                 strict=True)]
-    (out / "classes.json").write_text(json.dumps({"classes": classes, "ignore_index": 255}))
+    spec = {"classes": classes, "ignore_index": IGNORE_INDEX}
+    (out / "classes.json").write_text(json.dumps(spec))
     (out / "shapes.json").write_text(json.dumps(params))  # written last: marks completion
 
 

@@ -33,7 +33,7 @@ VOC_ARCHIVE = "VOCtrainval_11-May-2012.tar"
 
 def voc_meta() -> DatasetMeta:
     """Metadata of VOC2012: 21 classes, the VOC colours, 255 = boundary."""
-    return DatasetMeta("voc", VOC_CLASSES, voc_colormap(21), ignore_index=255)
+    return DatasetMeta("voc", VOC_CLASSES, voc_colormap(21))
 
 
 def find_voc_root(root: str | Path) -> Path | None:

@@ -32,8 +32,9 @@ else:  # pragma: no cover - Python 3.10
 # TrainConfig.validate() and listed by `fcnseg train --help`.
 CHOICES: dict[str, tuple[str, ...]] = {
     "dataset": tuple(DATASETS), "model": tuple(MODELS), "backbone": tuple(BACKBONES),
-    "optimizer": OPTIMIZERS, "schedule": SCHEDULES, "upsample_init": UPSAMPLE_INITS,
-    "class_weights": CLASS_WEIGHTS, "loss": LOSSES, "precision": PRECISIONS,
+    "optimizer": tuple(OPTIMIZERS), "schedule": tuple(SCHEDULES),
+    "upsample_init": UPSAMPLE_INITS, "class_weights": CLASS_WEIGHTS, "loss": tuple(LOSSES),
+    "precision": PRECISIONS,
 }
 
 # Recipes: named differences from the dataclass defaults, which *are* fcnseg's recipe.

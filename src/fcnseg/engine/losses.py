@@ -16,7 +16,14 @@ from collections.abc import Callable
 import torch
 import torch.nn.functional as F
 
-LOSSES = ("ce", "ce+lovasz")
+from ..data.meta import IGNORE_INDEX
+from ..errors import UnknownNameError
+
+# name -> the extra term added to the (weighted) cross entropy; the one list of losses
+LOSSES: dict[str, Callable[[torch.Tensor, torch.Tensor, int], torch.Tensor] | None] = {
+    "ce": None,
+    "ce+lovasz": lambda logits, target, ignore: lovasz_softmax(logits, target, ignore),
+}
 # --boundary-weight applies to the pixels this close to a label boundary: from scratch, an
 # FCN-8s gets most pixels right early and keeps ~80 % of its errors within 2 px of a shape's
 # outline, where its stride-8 scores must be interpolated most precisely.
@@ -24,7 +31,7 @@ BOUNDARY_RADIUS = 2
 
 
 def segmentation_loss(logits: torch.Tensor, target: torch.Tensor,
-                      weight: torch.Tensor | None = None, ignore_index: int = 255,
+                      weight: torch.Tensor | None = None, ignore_index: int = IGNORE_INDEX,
                       pixel_weight: torch.Tensor | None = None) -> torch.Tensor:
     """Per-pixel cross entropy over the class dimension of N x C x H x W logits, in fp32.
 
@@ -130,7 +137,7 @@ def _lovasz_weights(errors: torch.Tensor, fg: torch.Tensor,
 
 
 def lovasz_softmax(logits: torch.Tensor, target: torch.Tensor,
-                   ignore_index: int = 255) -> torch.Tensor:
+                   ignore_index: int = IGNORE_INDEX) -> torch.Tensor:
     """Lovász-softmax loss of N x C x H x W logits over the whole batch, in fp32.
 
     The mean over the classes present in ``target`` of the Lovász extension of ``1 - IoU``
@@ -164,7 +171,7 @@ def lovasz_softmax(logits: torch.Tensor, target: torch.Tensor,
 LossFn = Callable[[torch.Tensor, torch.Tensor], torch.Tensor]
 
 
-def build_loss(name: str, weight: torch.Tensor | None = None, ignore_index: int = 255,
+def build_loss(name: str, weight: torch.Tensor | None = None, ignore_index: int = IGNORE_INDEX,
                boundary_weight: float = 0.0) -> LossFn:
     """``loss_fn(logits, target)`` for a name in :data:`LOSSES`.
 
@@ -173,14 +180,15 @@ def build_loss(name: str, weight: torch.Tensor | None = None, ignore_index: int 
     pixel counts 5 times).
     """
     if name not in LOSSES:
-        raise KeyError(f"unknown loss {name!r}: choose one of {', '.join(LOSSES)}")
+        raise UnknownNameError("loss", name, LOSSES)
+    extra = LOSSES[name]
 
     def loss_fn(logits: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
         pixel_weight = None
         if boundary_weight:
             pixel_weight = 1.0 + boundary_weight * boundary_mask(target).to(torch.float32)
         loss = segmentation_loss(logits, target, weight, ignore_index, pixel_weight)
-        if name == "ce+lovasz":
-            loss = loss + lovasz_softmax(logits, target, ignore_index)
+        if extra is not None:
+            loss = loss + extra(logits, target, ignore_index)
         return loss
     return loss_fn

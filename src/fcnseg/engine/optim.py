@@ -3,19 +3,40 @@
 from __future__ import annotations
 
 import math
+from collections.abc import Callable
 from typing import TYPE_CHECKING, Any
 
 import numpy as np
 import torch
 
+from ..data.meta import IGNORE_INDEX
+from ..errors import UnknownNameError
 from .loader import class_pixel_counts
 
 if TYPE_CHECKING:  # the config names these registries: no import at run time
     from .config import TrainConfig
 
-OPTIMIZERS = ("sgd", "adamw")
-SCHEDULES = ("poly", "cosine", "constant")
 CLASS_WEIGHTS = ("none", "median-frequency")
+
+
+def _sgd(params: list[dict[str, Any]], config: TrainConfig, **fused: Any) -> Any:
+    return torch.optim.SGD(params, lr=config.lr, momentum=config.momentum,
+                           weight_decay=config.weight_decay, **fused)
+
+
+def _adamw(params: list[dict[str, Any]], config: TrainConfig, **fused: Any) -> Any:
+    return torch.optim.AdamW(params, lr=config.lr, weight_decay=config.weight_decay, **fused)
+
+
+# name -> builder: the one list of optimizers (the config's choices and --help read it)
+OPTIMIZERS: dict[str, Callable[..., torch.optim.Optimizer]] = {"sgd": _sgd, "adamw": _adamw}
+
+# name -> the lr factor at progress t in [0, 1] after warm-up (``power``: poly's exponent)
+SCHEDULES: dict[str, Callable[[float, float], float]] = {
+    "poly": lambda t, power: (1.0 - t) ** power,  # DeepLab's, standard for FCNs
+    "cosine": lambda t, power: 0.5 * (1.0 + math.cos(math.pi * t)),
+    "constant": lambda t, power: 1.0,  # the chapter's
+}
 
 
 def param_groups(model: torch.nn.Module, backbone_lr: float, lr: float) -> list[dict[str, Any]]:
@@ -44,11 +65,9 @@ def build_optimizer(model: torch.nn.Module, config: TrainConfig) -> torch.optim.
     # state_dict layout.
     device = next(model.parameters()).device
     fused = {"fused": True} if device.type in ("cpu", "cuda") else {}
-    if config.optimizer == "adamw":
-        return torch.optim.AdamW(params, lr=config.lr, weight_decay=config.weight_decay,
-                                 **fused)
-    return torch.optim.SGD(params, lr=config.lr, momentum=config.momentum,
-                           weight_decay=config.weight_decay, **fused)
+    if config.optimizer not in OPTIMIZERS:
+        raise UnknownNameError("optimizer", config.optimizer, OPTIMIZERS)
+    return OPTIMIZERS[config.optimizer](params, config, **fused)
 
 
 def lr_factor(step: int, total: int, schedule: str, warmup: int, power: float = 0.9) -> float:
@@ -58,15 +77,12 @@ def lr_factor(step: int, total: int, schedule: str, warmup: int, power: float = 
     initialised decoder from large early updates; then poly ``(1 - t)^power`` (DeepLab's
     schedule, standard for FCNs), a half cosine, or constant (the chapter).
     """
+    if schedule not in SCHEDULES:
+        raise UnknownNameError("schedule", schedule, SCHEDULES)
     if warmup > 0 and step < warmup:
         return (step + 1) / warmup
-    if schedule == "constant":
-        return 1.0
-    span = max(1, total - warmup)
-    t = min(1.0, max(0.0, (step - warmup) / span))
-    if schedule == "poly":
-        return (1.0 - t) ** power
-    return 0.5 * (1.0 + math.cos(math.pi * t))
+    t = min(1.0, max(0.0, (step - warmup) / max(1, total - warmup)))
+    return SCHEDULES[schedule](t, power)
 
 
 def build_scheduler(optimizer: torch.optim.Optimizer, config: TrainConfig,
@@ -78,7 +94,7 @@ def build_scheduler(optimizer: torch.optim.Optimizer, config: TrainConfig,
     return torch.optim.lr_scheduler.LambdaLR(optimizer, factor)
 
 
-def median_frequency_weights(dataset: Any, num_classes: int, ignore_index: int = 255,
+def median_frequency_weights(dataset: Any, num_classes: int, ignore_index: int = IGNORE_INDEX,
                              limit: int | None = None) -> torch.Tensor:
     """Median frequency balancing (Eigen & Fergus 2015; SegNet): ``median(f) / f_c``.
 

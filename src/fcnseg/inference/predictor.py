@@ -181,14 +181,14 @@ class Predictor:
 
     def tiled_need(self, height: int, width: int, labels: bool = False) -> int:
         """Bytes a tiled pass over ``height x width`` needs however small its tiles: one
-        batch of tiles, and for class ids the image, its ids and one band of probabilities
-        (:func:`slide_labels`), else the image's float copy, its probabilities and their
-        running sum."""
+        batch of tiles, and for class ids the image, its ids, an overlay and its encoder's
+        copy (10 bytes a pixel) and one band of probabilities (:func:`slide_labels`), else
+        the image's float copy, its probabilities and their running sum."""
         pixels, classes = height * width, self.meta.num_classes
         tile_h, tile_w = self.options.tile
         tiles = self.options.tile_batch * tile_h * tile_w * (160 + 12 * classes)
         if labels and self.options.scales == (1.0,):
-            return pixels * 4 + 3 * classes * tile_h * max(width, tile_w) * 4 + tiles
+            return pixels * 10 + 3 * classes * tile_h * max(width, tile_w) * 4 + tiles
         return pixels * (12 + 8 * classes) + tiles
 
     def check_memory(self, height: int, width: int, name: str = "image",
@@ -199,9 +199,8 @@ class Predictor:
         if need > free:
             raise ImageTooLargeError(
                 f"{name}: {height} x {width} needs about {need / 2**30:.1f} GiB to predict "
-                f"(its class probabilities alone are {self.meta.num_classes} x 4 bytes a "
-                f"pixel), and this process can use {free / 2**30:.1f} GiB: resize it or "
-                "split it into parts")
+                f"even by tiles, and this process can use {free / 2**30:.1f} GiB: resize it "
+                "or split it into parts")
 
     @property
     def tiled_options(self) -> InferenceOptions:
