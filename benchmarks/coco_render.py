@@ -20,9 +20,8 @@ from pathlib import Path
 import numpy as np
 from PIL import Image
 
-from report import write_report
-
 from fcnseg.data import build_dataset
+from report import write_report
 
 
 def make(root: Path, images: int, objects: int, h: int = 360, w: int = 480) -> None:
@@ -36,7 +35,7 @@ def make(root: Path, images: int, objects: int, h: int = 360, w: int = 480) -> N
         Image.fromarray(rng.integers(0, 256, (h, w, 3), dtype=np.uint8)).save(
             root / "images" / f"{i}.jpg", quality=90)
         spec["images"].append({"id": i, "file_name": f"{i}.jpg", "height": h, "width": w})
-        for k in range(objects):
+        for _ in range(objects):
             cx, cy, r = rng.uniform(0, w), rng.uniform(0, h), rng.uniform(10, 80)
             angles = np.sort(rng.uniform(0, 2 * np.pi, 12))
             xs = np.clip(cx + r * np.cos(angles), 0, w)

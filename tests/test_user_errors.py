@@ -87,7 +87,10 @@ def test_a_huge_image_is_predicted_with_tiles_and_the_rest_go_on(tmp_path, ckpt,
     big, small = _image(tmp_path / "big.png", 300, 400), _image(tmp_path / "small.png")
     # pretend the free memory is 40 MB: half of it does not hold a whole-image pass over
     # 300 x 400 (22 MB at 184 B/pixel), and it holds the tiles (~15 MB: Predictor.tiled_need)
-    monkeypatch.setattr(predictor, "available_memory", lambda: 40_000_000)
+    from fcnseg import device
+
+    for module in (predictor, device):
+        monkeypatch.setattr(module, "available_memory", lambda: 40_000_000)
     assert main(["predict", "--checkpoint", str(ckpt), str(big), str(small), "--out",
                  str(tmp_path / "o"), "--no-progress", "--tile", "128", "128"]) == 0
     out = capsys.readouterr().out

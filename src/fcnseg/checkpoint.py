@@ -16,6 +16,7 @@ import torch
 
 from . import __version__
 from .data import DatasetMeta
+from .data.meta import class_mismatch
 from .errors import CheckpointError, first_line
 from .fileio import atomic_write, deferred_interrupts
 from .models import build_model
@@ -104,10 +105,8 @@ def check_compatible(checkpoint: dict[str, Any], model_args: dict[str, Any], pat
         if saved.get(key) != model_args.get(key)
     ]
     saved_names = checkpoint.get("meta", {}).get("class_names")
-    if not diffs and class_names is not None and saved_names is not None \
-            and list(saved_names) != list(class_names):
-        diffs.append(f"classes {saved_names} in the checkpoint vs {list(class_names)} in the "
-                     "data")
+    if not diffs and class_names is not None and saved_names is not None:
+        diffs += [d for d in [class_mismatch(saved_names, class_names, "the data")] if d]
     if diffs:
         raise CheckpointError(
             f"checkpoint {path} does not fit: {'; '.join(diffs)}; "

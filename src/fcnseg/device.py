@@ -96,6 +96,24 @@ def autocast(device: torch.device, dtype: torch.dtype) -> AbstractContextManager
     return torch.autocast(device_type=device.type, dtype=dtype)
 
 
+# What fcnseg's work costs in memory, measured (benchmarks/RESULTS.md), in one place:
+# a training step per pixel of a batch (FCN-8s at 320 x 480, batch 8: ~2.6 GiB), rounded up;
+TRAIN_BYTES_PER_PIXEL = 2500
+# a whole-image inference pass per pixel: activations (160) and the class maps (12 each).
+PASS_BYTES_PER_PIXEL, PASS_BYTES_PER_CLASS_PIXEL = 160, 12
+
+
+def pass_bytes(pixels: int, classes: int) -> int:
+    """Bytes a whole-image inference pass over ``pixels`` pixels of ``classes`` classes needs."""
+    return pixels * (PASS_BYTES_PER_PIXEL + PASS_BYTES_PER_CLASS_PIXEL * classes)
+
+
+def fits_in_memory(need: int) -> bool:
+    """Whether ``need`` bytes fit in half the memory this process can still use: the other
+    half is left to what runs beside (the data, the encoder, other processes)."""
+    return need <= available_memory() // 2
+
+
 def available_memory() -> int:
     """Bytes this process can still allocate: the least of the machine's free memory
     (MemAvailable), what its address-space limit leaves (``ulimit -v``) and what its

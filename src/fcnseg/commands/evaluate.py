@@ -38,18 +38,12 @@ def add_parser(subparsers: Any, help_text: str) -> None:
 
 def check_classes(ckpt_meta: Any, data_meta: Any, checkpoint: str, dataset: str) -> None:
     """Raise :class:`CheckpointError` unless the checkpoint's classes are the data set's."""
+    from ..data.meta import class_mismatch
     from ..errors import CheckpointError
 
-    a, b = list(ckpt_meta.class_names), list(data_meta.class_names)
-    if a == b:
+    detail = class_mismatch(ckpt_meta.class_names, data_meta.class_names)
+    if not detail:
         return
-    if len(a) != len(b):
-        detail = f"{len(a)} classes in the checkpoint vs {len(b)} in the data set"
-    else:
-        diffs = [f"#{i} {x!r} vs {y!r}" for i, (x, y) in enumerate(zip(a, b, strict=True))
-                 if x != y]
-        more = f" (+{len(diffs) - 3} more)" if len(diffs) > 3 else ""
-        detail = "class names differ: " + ", ".join(diffs[:3]) + more
     raise CheckpointError(f"checkpoint {checkpoint} does not match the {dataset} data set: "
                           f"{detail}; evaluate it on the data set it was trained for")
 

@@ -18,8 +18,6 @@ from typing import Any
 
 from .options import add_inference_options, load_predictor
 
-MASK_SUFFIXES = (".png", ".bmp", ".tif", ".tiff", ".gif")
-
 
 def add_parser(subparsers: Any, help_text: str) -> None:
     p = subparsers.add_parser("predict", help=help_text, description=help_text)
@@ -57,10 +55,10 @@ def _truth(masks_dir: Path, stem: str, shape: tuple[int, int], meta: Any) -> Any
     """The ground-truth mask of ``stem`` (labels outside the classes -> ignore), or None."""
     import numpy as np
 
-    from ..data.io import read_mask
+    from ..data.io import MASK_EXTENSIONS, read_mask
     from ..errors import FcnsegError
 
-    for suffix in MASK_SUFFIXES:
+    for suffix in MASK_EXTENSIONS:
         path = masks_dir / f"{stem}{suffix}"
         if path.is_file():
             try:

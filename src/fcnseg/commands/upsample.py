@@ -54,14 +54,14 @@ def run(args: argparse.Namespace) -> int:
     import torch
 
     from ..data.io import read_image
-    from ..device import available_memory
+    from ..device import available_memory, fits_in_memory
     from ..models.upsampling import bilinear_upsample
     from ..viz import save_image
 
     image = read_image(args.image)  # uint8 H x W x 3; DataError naming the file otherwise
     h, w = image.shape[0] * args.scale, image.shape[1] * args.scale
     need = h * w * 3 * 4 * 3  # fp32 output, its rounded copy and the uint8 image, roughly
-    if need > available_memory() // 2:
+    if not fits_in_memory(need):
         raise FcnsegError(f"--scale {args.scale} would make {args.image} a {h} x {w} image "
                           f"(about {need / 2**30:.1f} GiB to compute), more than half the free "
                           f"memory ({available_memory() / 2**30:.1f} GiB): use a smaller --scale")

@@ -27,10 +27,9 @@ from pathlib import Path
 
 from ..errors import DataError
 from .base import SegmentationDataset, Transform
-from .io import IMAGE_EXTENSIONS, read_mask
+from .io import IMAGE_EXTENSIONS, MASK_EXTENSIONS, read_mask
 from .meta import IGNORE_INDEX, IMAGENET_MEAN, IMAGENET_STD, DatasetMeta
 
-MASK_EXTENSIONS = (".png", ".bmp", ".tif", ".tiff", ".gif")
 CLASSES_EXAMPLE = '{"classes": [{"name": "background", "color": [0, 0, 0]}, ...]}'
 
 

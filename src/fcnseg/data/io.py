@@ -29,7 +29,10 @@ from .meta import IGNORE_INDEX, voc_colormap
 # Another library may have switched this on process-wide; we check it at every read.
 ImageFile.LOAD_TRUNCATED_IMAGES = False
 
-IMAGE_EXTENSIONS = (".jpg", ".jpeg", ".png", ".bmp", ".tif", ".tiff", ".webp", ".ppm", ".pgm")
+IMAGE_EXTENSIONS = (".jpg", ".jpeg", ".png", ".bmp", ".tif", ".tiff", ".webp", ".ppm", ".pgm",
+                    ".gif")
+# Lossless formats a mask may be stored in (JPEG would blur the labels).
+MASK_EXTENSIONS = (".png", ".bmp", ".tif", ".tiff", ".gif")
 
 
 class NotAnImageError(DataError):

@@ -88,3 +88,16 @@ class DatasetMeta:
             std=tuple(d.get("std", IMAGENET_STD)),
             extra=dict(d.get("extra", {})),
         )
+
+
+def class_mismatch(saved: list[str], wanted: list[str], where: str = "the data set") -> str:
+    """How a model's classes ``saved`` differ from ``wanted`` (empty when they are the
+    same, in order): the one rule for "does this checkpoint fit this data"."""
+    a, b = list(saved), list(wanted)
+    if a == b:
+        return ""
+    if len(a) != len(b):
+        return f"{len(a)} classes in the checkpoint vs {len(b)} in {where}"
+    diffs = [f"#{i} {x!r} vs {y!r}" for i, (x, y) in enumerate(zip(a, b, strict=True)) if x != y]
+    more = f" (+{len(diffs) - 3} more)" if len(diffs) > 3 else ""
+    return "class names differ: " + ", ".join(diffs[:3]) + more

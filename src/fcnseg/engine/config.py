@@ -16,8 +16,9 @@ from pathlib import Path
 from typing import Any
 
 from ..data import DATASETS
-from ..device import PRECISIONS, available_memory
+from ..device import PRECISIONS, TRAIN_BYTES_PER_PIXEL, available_memory
 from ..errors import FcnsegError
+from ..inference.functional import DEFAULT_TILE
 from ..models import BACKBONES, MODELS, UPSAMPLE_INITS
 from .losses import LOSSES
 from .optim import CLASS_WEIGHTS, OPTIMIZERS, SCHEDULES
@@ -47,16 +48,13 @@ RECIPES: dict[str, dict[str, Any]] = {
     "d2l": {
         "model": "fcn32s", "backbone": "resnet18", "optimizer": "sgd", "lr": 0.001,
         "backbone_lr": 1.0, "weight_decay": 1e-3, "momentum": 0.0, "batch_size": 32,
-        "epochs": 5, "crop": [320, 480], "scale": [1.0, 1.0], "flip": False,
+        "epochs": 5, "crop": list(DEFAULT_TILE), "scale": [1.0, 1.0], "flip": False,
         "color_jitter": 0.0, "schedule": "constant", "warmup_iters": 0, "loss": "ce",
         "boundary_weight": 0.0, "ema": 0.0, "channels_last": False, "precision": "fp32",
     },
 }
 DEFAULT_RECIPE = "fcnseg"
 CHOICES["recipe"] = tuple(RECIPES)
-# Peak memory of a training step per pixel of a batch (FCN-8s at 320 x 480, batch 8: ~2.6
-# GiB; benchmarks/RESULTS.md, "Training speed"), rounded up: bounds --crop x --batch-size.
-TRAIN_BYTES_PER_PIXEL = 2500
 # Settings added after the first release, with the value that runs saved before them used.
 SINCE: dict[str, Any] = {"backbone_lr": 1.0}
 

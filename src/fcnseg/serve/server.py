@@ -13,6 +13,8 @@ from typing import Any
 import uvicorn
 from uvicorn.protocols.http.h11_impl import H11Protocol
 
+from .settings import ServeSettings
+
 
 class DrainingServer(uvicorn.Server):
     """uvicorn's server, draining the app's :class:`~fcnseg.serve.app.Gate` before exiting."""
@@ -41,7 +43,7 @@ class HeaderTimeoutProtocol(H11Protocol):
     arrived ``header_timeout`` seconds after it opened or after its last response (a
     slow-loris client); a request being answered is never cut."""
 
-    header_timeout = 10.0
+    header_timeout = ServeSettings.header_timeout_s
 
     def connection_made(self, transport: Any) -> None:  # type: ignore[override]
         super().connection_made(transport)
@@ -79,7 +81,7 @@ def check_address(host: str, port: int) -> None:
 
 
 def run_server(app: Any, host: str, port: int, log_level: str = "warning",
-               header_timeout: float = 10.0) -> None:
+               header_timeout: float = ServeSettings.header_timeout_s) -> None:
     """Serve ``app`` on ``host:port`` until SIGTERM / SIGINT (drained, see above)."""
     protocol = type("Protocol", (HeaderTimeoutProtocol,), {"header_timeout": header_timeout})
     config = uvicorn.Config(app, host=host, port=port, log_level=log_level, http=protocol,
