@@ -311,3 +311,24 @@ def test_class_balanced_sampling_brings_rare_classes_and_is_seeded():
     x1, y1 = balanced[(3, 5)]
     x2, y2 = AugmentedDataset(Drive(), tf, seed=0, class_balance=0.6)[(3, 5)]
     assert torch.equal(x1, x2) and torch.equal(y1, y2)  # a function of (seed, epoch, index)
+
+
+def test_last_pt_is_written_once_an_epoch_and_even_when_validation_fails(data_dir, tmp_path,
+                                                                        monkeypatch):
+    import fcnseg.engine.run as run_module
+    import fcnseg.engine.train as train_module
+
+    written = []
+    real = run_module.save_checkpoint
+    monkeypatch.setattr(run_module, "save_checkpoint",
+                        lambda path, state: written.append(Path(path).name) or real(path, state))
+    fit(_config(data_dir, tmp_path / "run", epochs=2, val_every=1))
+    assert written.count("last.pt") == 2 and "best.pt" in written
+
+    def broken(run):
+        raise RuntimeError("validation broke")
+
+    monkeypatch.setattr(train_module, "validate", broken)
+    with pytest.raises(RuntimeError):
+        fit(_config(data_dir, tmp_path / "broken", epochs=2, val_every=1))
+    assert load_checkpoint(tmp_path / "broken" / "last.pt")["epoch"] == 1  # training kept

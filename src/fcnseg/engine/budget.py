@@ -12,14 +12,13 @@ when the run would end past the budget, the epochs, and the lr schedule with the
 shortened to fit; when the first quarter of the run goes faster than planned, it gets the
 epochs the budget still holds. ``plan.json`` records each change and why.
 
-Every reading of time goes through a ``clock`` (default ``time.perf_counter``) that
-``fit`` hands down, so that tests can drive the budget logic with a clock of their own.
+:class:`TimeBudget` is all of it as one object: the clock every reading of time goes
+through (tests drive it with a clock of their own), the plan, and the re-plan.
 """
 
 from __future__ import annotations
 
 import copy
-import dataclasses
 import json
 import re
 import statistics
@@ -29,6 +28,7 @@ from pathlib import Path
 from typing import Any
 
 import torch
+from tqdm import tqdm
 
 from ..checkpoint import save_checkpoint
 from ..device import autocast
@@ -135,25 +135,72 @@ def recent_pace(epoch_ends: list[float], window: int) -> float:
     return statistics.median(b - a for a, b in zip(ends, ends[1:], strict=False))
 
 
-def budgeted(config: Any, resumed: bool, run_dir: Path, info: Any, elapsed_s: float,
-             clock: Clock, **probe: Any) -> tuple[Any, dict[str, Any] | None]:
-    """The time budget, in one place: ``(config with the planned epochs, plan)``.
+class TimeBudget:
+    """The run's clock and its ``--time-budget``, as one object.
 
-    Without ``--time-budget``: the config as it is, no plan. A resumed run keeps the plan it
-    saved; a new one times its work on a throwaway copy of the model (:func:`plan_run`, with
-    ``probe``: model, loss_fn, train_ds, val_ds, steps_per_epoch, batch, device, dtype),
-    saves the plan and prints it.
+    :meth:`elapsed` is the run's wall time (earlier processes of a resumed run included:
+    :meth:`resume`); :meth:`plan` forecasts the epochs before the run is built;
+    :meth:`after_epoch` re-plans from the pace of the epochs seen. Without a budget the
+    epochs are the config's and nothing is planned. ``clock`` (default
+    ``time.perf_counter``) is every reading of time, so that tests can drive it.
     """
-    if not config.time_budget:
-        return config, None
-    if resumed:
-        return config, load_plan(run_dir)
-    plan = plan_run(config, elapsed_s=elapsed_s, info=info, run_dir=run_dir, clock=clock,
-                    **probe)
-    if info.is_main:
-        save_plan(run_dir, plan)
-        print(describe(plan), flush=True)
-    return dataclasses.replace(config, epochs=plan["epochs"]), plan
+
+    def __init__(self, seconds: float | None, run_dir: Path, info: Any,
+                 clock: Clock = time.perf_counter, started: float | None = None) -> None:
+        self.seconds, self.run_dir, self.info, self.clock = seconds, run_dir, info, clock
+        self.started = clock() if started is None else started  # it counts from here
+        self.plan: dict[str, Any] | None = None
+        self.ends: list[float] = []  # when the epochs since the last restart ended
+
+    def elapsed(self) -> float:
+        """Wall seconds of the run so far."""
+        return self.clock() - self.started
+
+    def resume(self, wall_s: float) -> None:
+        """Go on with a saved run: its clock, and its plan (a resumed run never plans again)."""
+        self.started -= wall_s
+        if self.seconds:
+            self.plan = load_plan(self.run_dir)
+
+    def plan_epochs(self, config: Any, **probe: Any) -> int:
+        """The epochs of the run: the config's, unless a new budgeted run plans them here by
+        timing its work on a throwaway copy of the model (:func:`plan_run`; ``probe``:
+        model, loss_fn, train_ds, val_ds, steps_per_epoch, batch, device, dtype)."""
+        if not self.seconds or self.plan is not None:
+            return config.epochs
+        self.plan = plan_run(config, elapsed_s=self.elapsed(), info=self.info,
+                             run_dir=self.run_dir, clock=self.clock, **probe)
+        if self.info.is_main:
+            save_plan(self.run_dir, self.plan)
+            print(describe(self.plan), flush=True)
+        return self.plan["epochs"]
+
+    def start(self) -> None:
+        """The loop starts: epochs are timed from now."""
+        self.ends = [self.clock()]
+
+    def after_epoch(self, epochs_done: int, epochs: int, whole: bool, window: int) -> int:
+        """The epochs the run should have now that one has ended (``whole``: not the rest of
+        an interrupted one, which does not tell the pace): ``epochs`` unless the budget's
+        plan changed (:func:`replan_epochs`), recorded in ``plan.json`` with its reason."""
+        self.ends = self.ends + [self.clock()] if whole else [self.clock()]
+        plan = self.plan
+        if not whole or plan is None or epochs != plan["epochs"]:  # or --epochs given
+            return epochs
+        epoch_s = recent_pace(self.ends, window)
+        new = main_rank_int(replan_epochs(plan, self.elapsed(), epochs_done, epochs, epoch_s),
+                            self.info)
+        if new != epochs:
+            plan.setdefault("replanned", []).append(
+                {"after_epoch": epochs_done, "elapsed_s": round(self.elapsed(), 1),
+                 "seconds_per_epoch": round(epoch_s, 2), "epochs": new})
+            plan["epochs"] = new
+            if self.info.is_main:
+                save_plan(self.run_dir, plan)
+                tqdm.write(f"time budget: epochs take {epoch_s:.0f} s, not the "
+                           f"{plan['seconds_per_epoch']:.0f} s planned; the run now ends after "
+                           f"epoch {new} (was {epochs}), its lr schedule with it")
+        return new
 
 
 def plan_run(config: Any, model: torch.nn.Module, loss_fn: Callable, train_ds: Any,

@@ -11,7 +11,6 @@ from __future__ import annotations
 import copy
 import dataclasses
 import random
-import time
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -32,7 +31,7 @@ from ..device import resolve_precision
 from ..distributed import DistInfo, barrier, per_rank_batch, unwrap
 from ..errors import CheckpointError, DataError, FcnsegError
 from ..models import build_model
-from .budget import Clock, budgeted
+from .budget import TimeBudget
 from .config import TrainConfig
 from .loader import EpochBatchSampler, build_train_val_data
 from .losses import build_loss
@@ -87,9 +86,10 @@ class WeightAverage:
                 value.copy_(theirs[key])  # BatchNorm's num_batches_tracked
 
 
-@dataclass
+@dataclass(kw_only=True)
 class Run:
-    """The parts of one training run (one process or one DDP rank)."""
+    """The parts of one training run (one process or one DDP rank). ``config`` is what was
+    asked and stays as it is; ``epochs`` is where the run ends (a time budget moves it)."""
 
     config: TrainConfig
     info: DistInfo
@@ -109,14 +109,15 @@ class Run:
     precision: str  # why that dtype, for the start-up line
     model_args: dict[str, Any]
     batch: int  # per process
+    budget: TimeBudget  # the run's clock and --time-budget plan
+    epochs: int
     state: RunState = field(default_factory=RunState)
-    plan: dict[str, Any] | None = None  # a --time-budget run's plan (budget.py)
-    clock: float = 0.0  # now() at which the run's wall time would have been 0
-    now: Clock = time.perf_counter  # the clock of the run's time budget
 
-    def elapsed(self) -> float:
-        """Wall seconds of the run so far, earlier processes of a resumed run included."""
-        return self.now() - self.clock
+    @property
+    def finished(self) -> bool:
+        """All its epochs done, or at its --max-steps limit."""
+        limit = self.config.max_steps
+        return self.state.epoch >= self.epochs or bool(limit) and self.state.step >= limit
 
     @property
     def steps_per_epoch(self) -> int:
@@ -137,11 +138,10 @@ class Run:
         return self.average.module if self.average is not None else self.net
 
 
-def build_run(config: TrainConfig, info: DistInfo, started: float,
-              checkpoint: dict[str, Any] | None = None, source: Any = None,
-              now: Clock = time.perf_counter) -> Run:
-    """Every part of a run; ``checkpoint`` (read from ``source``) is restored into it.
-    ``started`` is ``now()`` when the run began (its time budget counts from there)."""
+def build_run(config: TrainConfig, info: DistInfo, budget: TimeBudget,
+              checkpoint: dict[str, Any] | None = None, source: Any = None) -> Run:
+    """Every part of a run; ``checkpoint`` (read from ``source``) is restored into it. The
+    epochs are the config's, or what ``budget`` plans before the optimizer is built."""
     random.seed(config.seed)
     np.random.seed(config.seed)
     torch.manual_seed(config.seed)
@@ -174,22 +174,24 @@ def build_run(config: TrainConfig, info: DistInfo, started: float,
         weight = median_frequency_weights(train_ds.base, meta.num_classes, meta.ignore_index,
                                           len(train_ds)).to(info.device)
     loss_fn = build_loss(config.loss, weight, meta.ignore_index, config.boundary_weight)
-    config, plan = budgeted(config, checkpoint is not None, run_dir, info, now() - started,
-                            now, model=unwrap(model), loss_fn=loss_fn, train_ds=train_ds,
-                            val_ds=val_ds, steps_per_epoch=sampler.batches_per_epoch(),
-                            batch=batch, device=info.device, dtype=dtype)
-    if info.is_main:
-        write_config(run_dir, config)
-    # The schedule spans the configured epochs; --max-steps only interrupts the run (tests,
+    if checkpoint is not None:  # its clock and plan go on; it plans nothing again
+        budget.resume(float(checkpoint.get("progress", {}).get("wall_s", 0.0)))
+    epochs = budget.plan_epochs(config, model=unwrap(model), loss_fn=loss_fn,
+                                train_ds=train_ds, val_ds=val_ds,
+                                steps_per_epoch=sampler.batches_per_epoch(), batch=batch,
+                                device=info.device, dtype=dtype)
+    if info.is_main:  # the settings it trains with, the planned epochs included
+        write_config(run_dir, dataclasses.replace(config, epochs=epochs))
+    # The schedule spans the run's epochs; --max-steps only interrupts the run (tests,
     # benchmarks) so that a resumed run follows the very same lr curve.
     optimizer = build_optimizer(model, config)
-    run = Run(config, info, run_dir, meta, train_ds, val_ds, model,
-              WeightAverage(unwrap(model), config.ema) if config.ema else None, loss_fn,
-              optimizer, build_scheduler(optimizer, config,
-                                             config.epochs * sampler.batches_per_epoch()),
-              torch.amp.GradScaler(info.device.type, enabled=dtype == torch.float16),
-              sampler, loader, dtype, precision, model_args, batch, plan=plan, clock=started,
-              now=now)
+    run = Run(config=config, info=info, run_dir=run_dir, meta=meta, train_ds=train_ds,
+              val_ds=val_ds, model=model, loss_fn=loss_fn, optimizer=optimizer,
+              average=WeightAverage(unwrap(model), config.ema) if config.ema else None,
+              scheduler=build_scheduler(optimizer, config, epochs * sampler.batches_per_epoch()),
+              scaler=torch.amp.GradScaler(info.device.type, enabled=dtype == torch.float16),
+              sampler=sampler, loader=loader, dtype=dtype, precision=precision,
+              model_args=model_args, batch=batch, budget=budget, epochs=epochs)
     if checkpoint is not None:
         restore(run, checkpoint, source)
     return run
@@ -214,8 +216,9 @@ def checkpoint_state(run: Run) -> dict[str, Any]:
     state = {**model_entries(run.predicting_model, run.meta, run.model_args),
              "optimizer": run.optimizer.state_dict(), "scheduler": run.scheduler.state_dict(),
              "scaler": run.scaler.state_dict(), "epoch": s.epoch, "iteration": s.iteration,
-             "progress": {**s.progress(), "wall_s": run.elapsed()}, "rng": capture_rng_state(),
-             "config": run.config.to_dict(), "best_miou": s.best_miou, "history": s.history}
+             "progress": {**s.progress(), "wall_s": run.budget.elapsed()},
+             "rng": capture_rng_state(), "best_miou": s.best_miou, "history": s.history,
+             "config": {**run.config.to_dict(), "epochs": run.epochs}}  # as it now ends
     if run.average is not None:
         state["trained_model"] = run.net.state_dict()
     return state
@@ -238,13 +241,12 @@ def restore(run: Run, checkpoint: dict[str, Any], source: Any) -> None:
                          best_miou=checkpoint["best_miou"],
                          history=list(checkpoint["history"]),
                          **checkpoint.get("progress", {}))
-    run.clock -= run.state.wall_s
 
 
 def reschedule(run: Run, epochs: int) -> None:
     """End the run after ``epochs`` epochs: the lr schedule is rebuilt to end there too, from
     the step the run is at (a resume rebuilds the same from the saved config)."""
-    run.config = dataclasses.replace(run.config, epochs=epochs)
+    run.epochs = epochs
     run.scheduler = build_scheduler(run.optimizer, run.config, epochs * run.steps_per_epoch)
     run.scheduler.last_epoch = run.state.step - 1
     run.scheduler.step()  # the lr of the next step, on the new curve

@@ -28,7 +28,6 @@ from ..distributed import (
     barrier,
     cleanup_distributed,
     elastic_restart,
-    main_rank_int,
     rank_and_world,
     setup_distributed,
     sync_buffers,
@@ -37,7 +36,7 @@ from ..fileio import atomic_write_text
 from ..inference import Predictor
 from ..inference.evaluate import evaluate
 from ..viz import plot_training_curves
-from .budget import Clock, recent_pace, replan_epochs, save_plan
+from .budget import Clock, TimeBudget
 from .config import TrainConfig, resolve_config
 from .run import DivergedError, Run, build_run, reschedule, save
 from .rundir import check_run_folder, run_folder_lock
@@ -98,18 +97,17 @@ def fit(config: TrainConfig, resume: str | Path | None = None, overwrite: bool =
     A run folder that holds a run is refused unless ``resume`` or ``overwrite``; the
     folder is locked for the whole run (see :mod:`fcnseg.engine.rundir`).
     """
-    started = now()  # a --time-budget counts from here
+    started, run_dir = now(), Path(config.out)  # a --time-budget counts from here
     info = setup_distributed(config.device)
-    run_dir = Path(config.out)
+    budget = TimeBudget(config.time_budget, run_dir, info, now, started)
     if resume is not None and checkpoint is None:
         checkpoint = load_checkpoint(resume, resume=True)
     try:
         if info.is_main:
             with run_folder_lock(run_dir):
                 check_run_folder(run_dir, resume is not None, overwrite)
-                run = build_run(config, info, started, checkpoint, resume, now)
-                return _train(run)
-        return _train(build_run(config, info, started, checkpoint, resume, now))
+                return _train(build_run(config, info, budget, checkpoint, resume))
+        return _train(build_run(config, info, budget, checkpoint, resume))
     except KeyboardInterrupt:
         if not (run_dir / "last.pt").is_file():
             raise KeyboardInterrupt("no checkpoint was written yet: run the same command "
@@ -121,19 +119,15 @@ def fit(config: TrainConfig, resume: str | Path | None = None, overwrite: bool =
 
 
 def _train(run: Run) -> TrainResult:
-    """The loop: epochs of training, each saved, validated when due, and logged."""
-    state = run.state
+    """The loop: epochs of training, each validated when due, saved once, and logged."""
+    state, config = run.state, run.config
     _say(run, _describe(run))
-    if state.epoch >= run.config.epochs:
-        _say(run, f"nothing to do: the checkpoint already finished {state.epoch} epochs; "
-                  "give a larger --epochs to go on")
-    elif _at_step_limit(run):
-        _say(run, f"nothing to do: the run is at its step limit ({state.step} steps, "
-                  f"--max-steps {run.config.max_steps}); go on with --max-steps 0 (no limit) "
-                  "or a larger value")
-    metrics, epoch_ends = None, [run.now()]
+    if run.finished:
+        _say(run, _nothing_to_do(run))
+    metrics = None
     board = Board(run.run_dir, state.epoch, enabled=run.info.is_main)
-    while state.epoch < run.config.epochs and not _at_step_limit(run):
+    run.budget.start()
+    while not run.finished:
         whole_epoch = state.iteration == 0  # not the rest of one, after a resume
         run.sampler.set_epoch(state.epoch, skip=state.iteration)
         train_one_epoch(run)
@@ -141,53 +135,38 @@ def _train(run: Run) -> TrainResult:
             save(run, "last.pt", "at the step limit")
             break
         row, validated = _finish_epoch(run), None
-        if whole_epoch:  # only whole epochs tell the pace
-            epoch_ends.append(run.now())
-            _keep_to_budget(run, epoch_ends)
-        else:
-            epoch_ends = [run.now()]
-        last = state.epoch == run.config.epochs or _at_step_limit(run)
-        # Saved before validating: a failure there must not cost the epoch's training.
-        save(run, "last.pt", f"after epoch {state.epoch}")
-        if run.val_ds is not None and (last or state.epoch % max(run.config.val_every, 1) == 0):
-            metrics = validated = validate(run)
-            row.update(val_pixel_accuracy=float(metrics["pixel_accuracy"]),
-                       val_miou=float(metrics["miou"]))
-            improved = row["val_miou"] > state.best_miou
-            state.best_miou = max(state.best_miou, row["val_miou"])
-            save(run, "last.pt", f"after validating epoch {state.epoch}")  # with val figures
-            if improved:
-                save(run, "best.pt", f"after validating epoch {state.epoch}")
+        epochs = run.budget.after_epoch(state.epoch, run.epochs, whole_epoch,
+                                        window=max(3, config.val_every))
+        if epochs != run.epochs:
+            reschedule(run, epochs)
+        due = run.finished or state.epoch % max(config.val_every, 1) == 0
+        improved = False
+        try:
+            if run.val_ds is not None and due:
+                metrics = validated = validate(run)
+                row.update(val_pixel_accuracy=float(metrics["pixel_accuracy"]),
+                           val_miou=float(metrics["miou"]))
+                improved = row["val_miou"] > state.best_miou
+                state.best_miou = max(state.best_miou, row["val_miou"])
+        finally:  # saved even when validating fails: that must not cost the epoch's training
+            save(run, "last.pt", f"after epoch {state.epoch}")
+        if improved:
+            save(run, "best.pt", f"after validating epoch {state.epoch}")
         _log_epoch(run, row)
         board.epoch(row, validated, run.meta.class_names, _pictures(run))
-        if last:
-            break
-    board.finish(run.config.to_dict(), state.history)
+    board.finish(config.to_dict(), state.history)
     barrier(run.info)
     return TrainResult(run.run_dir, state.history, state.best_miou, metrics, state.epoch,
                        state.step, run.predicting_model, run.meta)
 
 
-def _keep_to_budget(run: Run, epoch_ends: list[float]) -> None:
-    """Re-plan a --time-budget run from the pace of its recent epochs (budget.py)."""
-    plan = run.plan
-    if plan is None or run.config.epochs != plan["epochs"]:  # no budget, or --epochs given
-        return
-    epoch_s = recent_pace(epoch_ends, max(3, run.config.val_every))
-    epochs = replan_epochs(plan, run.elapsed(), run.state.epoch, plan["epochs"], epoch_s)
-    epochs = main_rank_int(epochs, run.info)
-    if epochs == plan["epochs"]:
-        return
-    _say(run, f"time budget: epochs take {epoch_s:.0f} s, not the {plan['seconds_per_epoch']:.0f}"
-              f" s planned; the run now ends after epoch {epochs} (was {plan['epochs']}), "
-              "its lr schedule with it")
-    plan.setdefault("replanned", []).append(
-        {"after_epoch": run.state.epoch, "elapsed_s": round(run.elapsed(), 1),
-         "seconds_per_epoch": round(epoch_s, 2), "epochs": epochs})
-    plan["epochs"] = epochs
-    reschedule(run, epochs)
-    if run.info.is_main:
-        save_plan(run.run_dir, plan)
+def _nothing_to_do(run: Run) -> str:
+    state = run.state
+    if state.epoch >= run.epochs:
+        return (f"nothing to do: the checkpoint already finished {state.epoch} epochs; give a "
+                "larger --epochs to go on")
+    return (f"nothing to do: the run is at its step limit ({state.step} steps, --max-steps "
+            f"{run.config.max_steps}); go on with --max-steps 0 (no limit) or a larger value")
 
 
 def train_one_epoch(run: Run) -> None:
@@ -196,7 +175,7 @@ def train_one_epoch(run: Run) -> None:
     fmt = torch.channels_last if run.config.channels_last else torch.contiguous_format
     run.model.train()
     bar = tqdm(total=len(run.loader) + state.iteration, initial=state.iteration, leave=True,
-               desc=f"epoch {state.epoch + 1}/{run.config.epochs}", disable=not info.is_main,
+               desc=f"epoch {state.epoch + 1}/{run.epochs}", disable=not info.is_main,
                dynamic_ncols=True, unit="batch")
     start, images = time.perf_counter(), 0
     for images_b, masks_b in run.loader:
@@ -229,7 +208,7 @@ def train_one_epoch(run: Run) -> None:
         every = run.config.checkpoint_every
         if every and state.step % every == 0 and state.iteration < run.steps_per_epoch:
             save(run, "last.pt", f"at step {state.step}")
-        if _at_step_limit(run):
+        if run.finished:  # at --max-steps
             break
     bar.close()
     state.images += images
@@ -254,10 +233,6 @@ def _pictures(run: Run) -> Path | None:
     if not run.config.val_images:
         return None
     return run.run_dir / "val" / f"epoch_{run.state.epoch:03d}"
-
-
-def _at_step_limit(run: Run) -> bool:
-    return bool(run.config.max_steps) and run.state.step >= run.config.max_steps
 
 
 def _finish_epoch(run: Run) -> dict[str, Any]:
@@ -293,7 +268,7 @@ def _log_epoch(run: Run, row: dict[str, Any]) -> None:
     plot_training_curves(history, run.run_dir / "curves.png")
     val = (f", val pixel acc {row['val_pixel_accuracy']:.4f}, mIoU {row['val_miou']:.4f}"
            if "val_miou" in row else "")
-    _say(run, f"epoch {row['epoch']}/{run.config.epochs}: loss {row['train_loss']:.4f}{val}, "
+    _say(run, f"epoch {row['epoch']}/{run.epochs}: loss {row['train_loss']:.4f}{val}, "
               f"{row['images_per_s']:.1f} img/s, {row['seconds']:.1f} s")
 
 
