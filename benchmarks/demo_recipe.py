@@ -25,15 +25,15 @@ from pathlib import Path
 import torch
 
 import fcnseg.data.shapes as shapes
-import fcnseg.engine.train as train_module
 import fcnseg.models as models
+import fcnseg.training.train as train_module
 from fcnseg.allocator import keep_freed_memory
 from fcnseg.data import build_dataset
 from fcnseg.demo import DEMO_SETTINGS
-from fcnseg.engine.config import resolve_config
-from fcnseg.engine.train import fit
 from fcnseg.inference import Predictor
 from fcnseg.inference.evaluate import evaluate
+from fcnseg.training.config import resolve_config
+from fcnseg.training.train import fit
 
 DEMO = resolve_config(DEMO_SETTINGS)  # the demo's recipe: its differences on fcnseg's
 OUT = Path(__file__).resolve().parent / "out" / "demo_recipe"

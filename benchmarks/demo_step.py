@@ -17,8 +17,8 @@ from pathlib import Path
 import torch
 
 from fcnseg.allocator import keep_freed_memory
-from fcnseg.engine.losses import build_loss
 from fcnseg.models import build_model
+from fcnseg.training.losses import build_loss
 
 CONFIGS = [  # (layout, loss, boundary weight)
     ("channels_last", "ce", 0.0),

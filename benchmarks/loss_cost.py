@@ -18,7 +18,7 @@ from pathlib import Path
 
 import torch
 
-from fcnseg.engine.losses import build_loss
+from fcnseg.training.losses import build_loss
 
 SIZES = {"demo": (8, 5, 96, 96), "camvid": (8, 11, 256, 320)}
 LOSSES = [("ce", 0.0), ("ce", 4.0), ("ce+lovasz", 0.0), ("ce+lovasz", 4.0)]

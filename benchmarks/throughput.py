@@ -56,7 +56,7 @@ def build(config: str) -> tuple[nn.Module, torch.dtype, bool]:
     """(model, autocast dtype, channels_last) for a configuration name."""
     from fcnseg import build_model
     from fcnseg.device import resolve_precision
-    from fcnseg.engine.config import resolve_config
+    from fcnseg.training.config import resolve_config
 
     if config == "d2l":
         return chapter_model(), torch.float32, False

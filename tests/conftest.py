@@ -133,7 +133,7 @@ def quick_flags(data_dir: Path, out: Path, *extra: str, data=SHAPES) -> list[str
 
 def quick_config(data_dir: Path, out: Path, **overrides):
     """The :func:`quick_flags` run as a resolved ``TrainConfig`` (``overrides`` as fields)."""
-    from fcnseg.engine.config import resolve_config
+    from fcnseg.training.config import resolve_config
 
     base = dict(dataset="shapes", data_dir=str(data_dir), data_options=SHAPES, model="fcn8s",
                 pretrained=False, backbone=TINY, epochs=2, batch_size=4, crop=[48, 48],

@@ -8,10 +8,10 @@ import pytest
 
 from fcnseg.checkpoint import load_checkpoint
 from fcnseg.cli import main
-from fcnseg.engine.budget import SAFETY, parse_duration, plan_epochs, recent_pace, replan_epochs
-from fcnseg.engine.config import resolve_config
-from fcnseg.engine.train import fit
 from fcnseg.errors import FcnsegError
+from fcnseg.training.budget import SAFETY, parse_duration, plan_epochs, recent_pace, replan_epochs
+from fcnseg.training.config import resolve_config
+from fcnseg.training.train import fit
 
 DATA = {"size": 16, "image_size": 48, "val_size": 4}
 
@@ -135,8 +135,8 @@ def test_the_cli_takes_durations(data_dir, tmp_path, capsys):
 @pytest.mark.slow
 def test_a_run_slower_than_its_plan_is_shortened_and_resumes_shortened(data_dir, tmp_path,
                                                                          monkeypatch, capsys):
-    import fcnseg.engine.budget as budget_module
-    import fcnseg.engine.train as train_module
+    import fcnseg.training.budget as budget_module
+    import fcnseg.training.train as train_module
 
     def quick_plan(config, *args, **kwargs):  # 40 epochs of 2 steps: planned for 0.05 s each
         plan = plan_epochs(budget_s=config.time_budget, elapsed_s=0, step_s=0.025,

@@ -19,8 +19,8 @@ from fcnseg.checkpoint import (
     save_checkpoint,
 )
 from fcnseg.data import DatasetMeta
-from fcnseg.engine.config import TrainConfig
 from fcnseg.errors import CheckpointError
+from fcnseg.training.config import TrainConfig
 
 
 def _state(num_classes=3, name="fcn8s"):

@@ -10,9 +10,9 @@ from typing import Any
 import pytest
 
 from fcnseg.cli import main
-from fcnseg.engine.config import RECIPES, TrainConfig, load_toml, resolve_config, to_toml
-from fcnseg.engine.settings import rule_of
 from fcnseg.errors import FcnsegError
+from fcnseg.training.config import RECIPES, TrainConfig, load_toml, resolve_config, to_toml
+from fcnseg.training.settings import rule_of
 
 
 def test_d2l_recipe_has_the_chapters_values():

@@ -154,7 +154,7 @@ def test_bad_annotations_are_one_line_naming_them(tmp_path, capsys, edit, needle
 
 
 def test_a_run_trains_and_evaluates_on_coco(tmp_path):
-    from fcnseg.engine.train import fit
+    from fcnseg.training.train import fit
 
     make_coco(tmp_path / "coco", images=8)
     config = quick_config(tmp_path / "coco", tmp_path / "run", dataset="coco", epochs=1,

@@ -50,7 +50,7 @@ def test_demo_writes_metrics_figures_and_a_usable_checkpoint(tmp_path, capsys):
 
 def test_the_demo_settings_are_only_differences_from_the_recipe():
     from fcnseg.demo import DEMO_SETTINGS
-    from fcnseg.engine.config import TrainConfig
+    from fcnseg.training.config import TrainConfig
 
     same = {k for k, v in DEMO_SETTINGS.items() if getattr(TrainConfig(), k) == v}
     assert same <= {"dataset"}, same  # the data set is named for the reader

@@ -15,7 +15,7 @@ FLOORS = [
     {"data", "models", "metrics", "viz"},
     {"checkpoint", "distributed"},
     {"inference"},
-    {"engine"},
+    {"training"},
     {"demo"},
     {"serve"},
     {"commands"},

@@ -115,9 +115,9 @@ def test_a_lite_run_carries_its_normalisation_resumes_exactly_and_predicts(shape
     from conftest import SHAPES
     from fcnseg import Predictor
     from fcnseg.checkpoint import load_checkpoint
-    from fcnseg.engine.config import resolve_config
-    from fcnseg.engine.optim import param_groups
-    from fcnseg.engine.train import fit
+    from fcnseg.training.config import resolve_config
+    from fcnseg.training.optim import param_groups
+    from fcnseg.training.train import fit
 
     def config(out, **kw):
         return resolve_config({"dataset": "shapes", "data_dir": str(shapes_dir),

@@ -1,12 +1,12 @@
-"""The training losses: cross entropy + Lovasz-softmax (engine/losses.py)."""
+"""The training losses: cross entropy + Lovasz-softmax (training/losses.py)."""
 
 from __future__ import annotations
 
 import pytest
 import torch
 
-from fcnseg.engine.losses import boundary_mask, build_loss, lovasz_softmax, segmentation_loss
 from fcnseg.metrics import ConfusionMatrix
+from fcnseg.training.losses import boundary_mask, build_loss, lovasz_softmax, segmentation_loss
 
 
 def _iou_loss(pred: torch.Tensor, target: torch.Tensor, num_classes: int) -> float:

@@ -6,10 +6,10 @@ from __future__ import annotations
 import pytest
 import torch
 
-from fcnseg.engine.config import CHOICES
-from fcnseg.engine.losses import LOSSES, build_loss
-from fcnseg.engine.optim import OPTIMIZERS, SCHEDULES, build_optimizer, lr_factor
 from fcnseg.errors import UnknownNameError
+from fcnseg.training.config import CHOICES
+from fcnseg.training.losses import LOSSES, build_loss
+from fcnseg.training.optim import OPTIMIZERS, SCHEDULES, build_optimizer, lr_factor
 
 
 @pytest.mark.parametrize("name", list(OPTIMIZERS))

@@ -17,7 +17,7 @@ from PIL import Image
 
 from fcnseg.checkpoint import load_checkpoint
 from fcnseg.cli import main
-from fcnseg.engine.rundir import run_folder_lock
+from fcnseg.training.rundir import run_folder_lock
 
 DATA = ["--data-option", "size=8", "--data-option", "image_size=48", "--data-option",
         "val_size=2"]
@@ -70,7 +70,7 @@ def test_a_second_process_is_refused_with_the_holders_pid(data_dir, tmp_path, ca
 @pytest.mark.slow
 def test_a_killed_holders_lock_is_taken_over(tmp_path):
     out = tmp_path / "killed"
-    code = (f"from fcnseg.engine.rundir import run_folder_lock\nimport time\n"
+    code = (f"from fcnseg.training.rundir import run_folder_lock\nimport time\n"
             f"with run_folder_lock({str(out)!r}):\n    print('held', flush=True)\n"
             "    time.sleep(60)\n")
     holder = subprocess.Popen([sys.executable, "-c", code], stdout=subprocess.PIPE, text=True)

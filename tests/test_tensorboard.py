@@ -6,7 +6,7 @@ from __future__ import annotations
 import pytest
 
 from conftest import quick_config
-from fcnseg.engine.train import fit
+from fcnseg.training.train import fit
 
 pytest.importorskip("tensorboard")
 from tensorboard.backend.event_processing.event_accumulator import (  # noqa: E402
@@ -41,7 +41,7 @@ def test_a_run_writes_scalars_pictures_and_hparams(shapes_dir, tmp_path):
 def test_a_resumed_run_continues_its_curves(shapes_dir, tmp_path):
     out = tmp_path / "run"
     fit(quick_config(shapes_dir, out, epochs=1, val_images=0))
-    from fcnseg.engine.train import train
+    from fcnseg.training.train import train
 
     train({"epochs": 3}, resume=str(out / "last.pt"))
     steps = [e.step for e in read_board(out).Scalars("train/loss")]

@@ -18,12 +18,12 @@ import torch.nn.functional as F
 from conftest import SHAPES, quick_config
 from fcnseg.checkpoint import load_checkpoint, model_from_checkpoint
 from fcnseg.cli import main
-from fcnseg.engine import run as run_mod
-from fcnseg.engine.config import resolve_config
-from fcnseg.engine.losses import build_loss, segmentation_loss
-from fcnseg.engine.optim import lr_factor, median_frequency_weights
-from fcnseg.engine.train import fit
 from fcnseg.errors import CheckpointError, DataError, FcnsegError
+from fcnseg.training import run as run_mod
+from fcnseg.training.config import resolve_config
+from fcnseg.training.losses import build_loss, segmentation_loss
+from fcnseg.training.optim import lr_factor, median_frequency_weights
+from fcnseg.training.train import fit
 
 DATA = SHAPES
 
@@ -237,7 +237,7 @@ def test_loss_schedule_and_class_weights():
 
 
 def test_sample_order_is_a_function_of_seed_and_epoch():
-    from fcnseg.engine.loader import EpochBatchSampler
+    from fcnseg.training.loader import EpochBatchSampler
 
     s = EpochBatchSampler(10, 2, seed=3)
     s.set_epoch(1)
@@ -256,7 +256,7 @@ def test_sample_order_is_a_function_of_seed_and_epoch():
 
 def test_weight_average_follows_the_weights_and_is_what_a_checkpoint_predicts_with(
         data_dir, tmp_path):
-    from fcnseg.engine.run import WeightAverage
+    from fcnseg.training.run import WeightAverage
 
     model = torch.nn.Sequential(torch.nn.Conv2d(1, 2, 1), torch.nn.BatchNorm2d(2))
     average = WeightAverage(model, decay=0.9)
@@ -281,7 +281,7 @@ def test_weight_average_follows_the_weights_and_is_what_a_checkpoint_predicts_wi
 def test_class_balanced_sampling_brings_rare_classes_and_is_seeded():
     from fcnseg.data import DatasetMeta
     from fcnseg.data.transforms import train_transform
-    from fcnseg.engine.loader import AugmentedDataset
+    from fcnseg.training.loader import AugmentedDataset
 
     meta = DatasetMeta("toy", ["road", "sky", "pole"], [(0, 0, 0)] * 3)
 
@@ -315,8 +315,8 @@ def test_class_balanced_sampling_brings_rare_classes_and_is_seeded():
 
 def test_last_pt_is_written_once_an_epoch_and_even_when_validation_fails(data_dir, tmp_path,
                                                                         monkeypatch):
-    import fcnseg.engine.run as run_module
-    import fcnseg.engine.train as train_module
+    import fcnseg.training.run as run_module
+    import fcnseg.training.train as train_module
 
     written = []
     real = run_module.save_checkpoint

@@ -21,7 +21,7 @@ from .errors import FcnsegError
 TRAINING_PACKAGES = ("torch", "torchvision", "timm", "matplotlib")
 
 # Sub-command name -> module under fcnseg.commands. Each module only registers its options
-# here; what a command needs (the training engine, FastAPI...) is imported inside its run().
+# here; what a command needs (PyTorch for training, FastAPI...) is imported inside its run().
 COMMANDS = {
     "demo": "Train, evaluate and visualise an FCN-8s on the built-in synthetic data (offline).",
     "train": "Train an FCN on VOC, CamVid, an image/mask folder or the synthetic data.",

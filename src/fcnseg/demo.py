@@ -16,12 +16,12 @@ from typing import Any
 
 from .data import build_dataset
 from .device import resolve_precision
-from .engine.config import resolve_config
-from .engine.train import fit
 from .fileio import atomic_write, atomic_write_text, ensure_writable_dir
 from .inference import Predictor
 from .inference.evaluate import evaluate
 from .metrics import metrics_report
+from .training.config import resolve_config
+from .training.train import fit
 from .viz import prediction_grid
 
 # The demo's recipe as its differences from fcnseg's (TrainConfig's defaults: FCN-8s, AdamW +

@@ -7,8 +7,8 @@ from typing import Any
 
 from ..errors import FcnsegError
 from ..inference import DEFAULT_TILE, MODES, RUNTIMES, Predictor
-from ..inference.functional import DEFAULT_TILE_BATCH
 from ..inference.runtimes import PRECISIONS
+from ..inference.tiling import DEFAULT_TILE_BATCH
 
 
 def add_inference_options(p: argparse.ArgumentParser) -> None:

@@ -12,15 +12,15 @@ import dataclasses
 import typing
 from typing import Any
 
-from ..engine.config import CHOICES, RECIPES, TrainConfig
-from ..engine.settings import rule_of
+from ..training.config import CHOICES, RECIPES, TrainConfig
+from ..training.settings import rule_of
 
 GROUPS = ("data", "model", "optimisation", "augmentation", "runtime", "output")
 
 
 def _duration(text: str) -> float:
-    from ..engine.budget import parse_duration
     from ..errors import FcnsegError
+    from ..training.budget import parse_duration
 
     try:
         return parse_duration(text)
@@ -102,7 +102,7 @@ def _overrides(args: argparse.Namespace) -> dict[str, Any]:
 
 
 def run(args: argparse.Namespace) -> int:
-    from ..engine.train import train
+    from ..training.train import train
 
     train(_overrides(args), args.config, recipe=args.recipe, resume=args.resume,
           overwrite=bool(args.overwrite))

@@ -73,7 +73,7 @@ def _axis_window(size: int, scale: float, crop: int | None,
 class TrainTransform:
     """Random scale -> random crop (pad image with the mean, mask with ignore) -> flip ->
     colour jitter -> normalise. ``crop=None`` keeps the whole (scaled) image. The defaults
-    change nothing; a recipe's values come from its TrainConfig (fcnseg.engine.config)."""
+    change nothing; a recipe's values come from its TrainConfig (fcnseg.training.config)."""
 
     def __init__(
         self,

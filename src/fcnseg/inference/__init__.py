@@ -9,9 +9,9 @@ from __future__ import annotations
 
 from typing import Any
 
-from .functional import DEFAULT_TILE, MODES, InferenceOptions
 from .predictor import Predictor
 from .runtimes import RUNTIMES
+from .tiling import DEFAULT_TILE, MODES, InferenceOptions
 
 _TORCH_API = ("predict_probabilities", "predict_mask")
 

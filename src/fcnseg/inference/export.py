@@ -44,7 +44,7 @@ from ..data.transforms import Normalize
 from ..errors import FcnsegError
 from ..fileio import atomic_write, check_output_file
 from ..metrics import ConfusionMatrix
-from ..models.fusion import fold_batchnorm
+from ..models.batchnorm import fold_batchnorm
 from .batch import collect_inputs
 from .runtimes import ARGS_KEY, CONFIG_KEY, META_KEY, PRECISION_KEY, OnnxRuntime, require
 

@@ -23,8 +23,8 @@ from ..data.io import ImageTooLargeError, read_image
 from ..data.meta import DatasetMeta
 from ..device import available_memory, fits_in_memory, pass_bytes
 from ..errors import OptionError
-from .functional import InferenceOptions, predict_grouped, slide_labels
 from .runtimes import load_runtime
+from .tiling import InferenceOptions, predict_grouped, slide_labels
 
 ImageLike = Any  # a path (str / Path), a PIL image, or an H x W x 3 uint8 array
 

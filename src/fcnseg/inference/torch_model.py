@@ -18,8 +18,8 @@ from ..checkpoint import model_from_checkpoint
 from ..data.meta import DatasetMeta
 from ..data.transforms import Normalize
 from ..device import autocast, resolve_precision, select_device
-from ..models.fusion import fold_batchnorm
-from .functional import (
+from ..models.batchnorm import fold_batchnorm
+from .tiling import (
     DEFAULT_TILE,
     DEFAULT_TILE_BATCH,
     InferenceOptions,

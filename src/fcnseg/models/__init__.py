@@ -6,8 +6,8 @@ from pathlib import Path
 
 from ..errors import UnknownNameError
 from .backbones import BACKBONES, build_backbone
+from .batchnorm import fold_batchnorm
 from .fcn import FCN
-from .fusion import fold_batchnorm
 from .upsampling import (
     UPSAMPLE_INITS,
     bilinear_kernel,

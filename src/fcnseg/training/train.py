@@ -1,4 +1,4 @@
-"""The training loop: plain functions over a :class:`~fcnseg.engine.run.Run` (nanoGPT style).
+"""The training loop: plain functions over a :class:`~fcnseg.training.run.Run` (nanoGPT style).
 
 :func:`fit` runs a whole run from a :class:`TrainConfig` (one process or one DDP rank);
 :func:`train_one_epoch` is one pass over the training batches; :func:`validate` scores the
@@ -95,7 +95,7 @@ def fit(config: TrainConfig, resume: str | Path | None = None, overwrite: bool =
     a ``--time-budget`` is measured with.
 
     A run folder that holds a run is refused unless ``resume`` or ``overwrite``; the
-    folder is locked for the whole run (see :mod:`fcnseg.engine.rundir`).
+    folder is locked for the whole run (see :mod:`fcnseg.training.rundir`).
     """
     started, run_dir = now(), Path(config.out)  # a --time-budget counts from here
     info = setup_distributed(config.device)

@@ -29,7 +29,7 @@ import numpy as np
 from ..errors import OptionError, UnknownNameError
 
 MODES = ("pad", "slide")
-# The chapter's training crop (the d2l recipe trains on it: engine/config.py reads it here):
+# The chapter's training crop (the d2l recipe trains on it: training/config.py reads it here):
 # a tile the size of what the network saw in training.
 DEFAULT_TILE = (320, 480)
 DEFAULT_TILE_BATCH = 4  # tiles per forward pass

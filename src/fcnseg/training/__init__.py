@@ -3,5 +3,5 @@
 Only training lives here; checkpoint files (:mod:`fcnseg.checkpoint`), process groups
 (:mod:`fcnseg.distributed`) and evaluation (:mod:`fcnseg.inference.evaluate`) sit below it,
 so that predicting never imports the training package. Sub-modules are imported where
-needed (``from fcnseg.engine.train import train``).
+needed (``from fcnseg.training.train import train``).
 """

@@ -18,7 +18,7 @@ from typing import Any
 from ..data import DATASETS
 from ..device import PRECISIONS, TRAIN_BYTES_PER_PIXEL, available_memory
 from ..errors import FcnsegError
-from ..inference.functional import DEFAULT_TILE
+from ..inference.tiling import DEFAULT_TILE
 from ..models import BACKBONES, MODELS, UPSAMPLE_INITS
 from .losses import LOSSES
 from .optim import CLASS_WEIGHTS, OPTIMIZERS, SCHEDULES
