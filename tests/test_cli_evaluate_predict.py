@@ -64,10 +64,14 @@ def test_predict_writes_exact_sizes_and_skips_a_non_image(tmp_path, ckpt, capsys
             assert m.mode == "P" and m.size == size
             assert set(np.unique(np.asarray(m))) <= {0, 1}
             assert m.getpalette()[3:6] == list(PALETTE[1])
-        with Image.open(out / f"{stem}_overlay.png") as o:
-            assert o.mode == "RGB" and o.size == size
-    assert sorted(p.name for p in out.iterdir()) == ["a.png", "a_overlay.png", "b.png",
-                                                     "b_overlay.png"]
+        with Image.open(out / f"{stem}_overlay.jpg") as o:
+            assert o.mode == "RGB" and o.size == size and o.format == "JPEG"
+    assert sorted(p.name for p in out.iterdir()) == ["a.png", "a_overlay.jpg", "b.png",
+                                                     "b_overlay.jpg"]
+    assert main(["predict", "--checkpoint", str(ckpt), str(a), "--out", str(tmp_path / "png"),
+                 "--overlay-format", "png", "--precision", "fp32"]) == 0
+    with Image.open(tmp_path / "png" / "a_overlay.png") as o:  # lossless when asked
+        assert o.format == "PNG"
 
 
 def test_predict_mask_matches_the_model(tmp_path, ckpt):

@@ -246,7 +246,7 @@ def test_predict_skip_existing_resumes_a_job(trained, tmp_path, capsys):
             "--no-progress"]
     assert main(args) == 0
     first = {p.name: p.stat().st_mtime_ns for p in out.iterdir()}
-    (out / f"{images[1].stem}_overlay.png").unlink()  # as if interrupted mid-image
+    (out / f"{images[1].stem}_overlay.jpg").unlink()  # as if interrupted mid-image
     capsys.readouterr()
     assert main(args + ["--skip-existing"]) == 0
     err = capsys.readouterr().err
@@ -274,7 +274,7 @@ def test_torchrun_two_processes_predict_each_file_once(trained, tmp_path):
     lines = [ln.split(" -> ")[0] for ln in done.stdout.splitlines() if " -> " in ln]
     assert sorted(Path(x).name for x in lines) == sorted(f"im{i}.png" for i in range(7))
     assert "rank 0/2: 4 of 7" in done.stderr and "rank 1/2: 3 of 7" in done.stderr
-    assert len(list((tmp_path / "out").glob("im*_overlay.png"))) == 7
+    assert len(list((tmp_path / "out").glob("im*_overlay.jpg"))) == 7
 
 
 def test_the_documented_onnx_script_runs_without_fcnseg(trained, exported, tmp_path):

@@ -1,11 +1,12 @@
 """``fcnseg predict``: palette-PNG masks and overlays for images of any size, any number.
 
 For each input ``DIR/<stem>.png`` holds the class indices (a VOC-style palette PNG of
-exactly the input's size), ``DIR/<stem>_overlay.png`` the image with the colour mask
-blended in (unless ``--no-overlay``), and with ``--probs`` ``DIR/<stem>_probs.npy`` the
-class probabilities (C x H x W, float16). A file that cannot be read is reported and
-skipped; the exit status is then 1 (2 when nothing could be predicted). Every file is
-written atomically; under ``torchrun`` each process predicts its own share of the inputs.
+exactly the input's size), ``DIR/<stem>_overlay.jpg`` the image with the colour mask
+blended in (``--overlay-format png`` for a lossless one; none with ``--no-overlay``), and
+with ``--probs`` ``DIR/<stem>_probs.npy`` the class probabilities (C x H x W, float16). A
+file that cannot be read is reported and skipped; the exit status is then 1 (2 when nothing
+could be predicted). Every file is written atomically; under ``torchrun`` each process
+predicts its own share of the inputs.
 """
 
 from __future__ import annotations
@@ -16,6 +17,7 @@ import time
 from pathlib import Path
 from typing import Any
 
+from ..viz import OVERLAY_FORMATS
 from .options import add_inference_options, load_predictor
 
 
@@ -29,7 +31,10 @@ def add_parser(subparsers: Any, help_text: str) -> None:
     p.add_argument("--out", required=True, metavar="DIR", help="output folder")
     p.add_argument("--alpha", type=float, default=0.5, help="overlay opacity (default 0.5)")
     p.add_argument("--no-overlay", action="store_true",
-                   help="write the masks only (no <stem>_overlay.png): faster on big folders")
+                   help="write the masks only (no <stem>_overlay.*): faster on big folders")
+    p.add_argument("--overlay-format", choices=OVERLAY_FORMATS, default=OVERLAY_FORMATS[0],
+                   help="jpg (default: quality 90, ~20x faster to write than PNG and ~5x "
+                        "smaller) or png (lossless); the masks are always PNG")
     p.add_argument("--video-masks", action="store_true",
                    help="for a video, also write each frame's mask: <stem>_masks/000000.png...")
     p.add_argument("--probs", action="store_true",
@@ -163,7 +168,8 @@ def run(args: argparse.Namespace) -> int:
     bar = tqdm(total=mine, unit="img", disable=args.no_progress or None, dynamic_ncols=True)
     say = print if args.no_progress else tqdm.write
     for o in predict_files(predictor, files, out, alpha=args.alpha,
-                           overlay=not args.no_overlay, probs=args.probs,
+                           overlay=None if args.no_overlay else args.overlay_format,
+                           probs=args.probs,
                            skip_existing=args.skip_existing, batch_size=args.batch_size,
                            threads=args.threads, rank=rank, world=world):
         if o.status == "notice":

@@ -66,7 +66,7 @@ def collect_inputs(patterns: list[str]) -> tuple[list[Path], list[tuple[str, str
 
 
 def output_names(files: list[Path], probs: bool = False,
-                 overlay: bool = True) -> dict[Path, dict[str, str]]:
+                 overlay: str | None = "jpg") -> dict[Path, dict[str, str]]:
     """The output file names of each input (``{"mask", "overlay"?, "probs"?}``); two
     inputs writing one name is an error."""
     names: dict[Path, dict[str, str]] = {}
@@ -74,7 +74,7 @@ def output_names(files: list[Path], probs: bool = False,
     for f in files:
         mine = {"mask": f"{f.stem}.png"}
         if overlay:
-            mine["overlay"] = f"{f.stem}_overlay.png"
+            mine["overlay"] = f"{f.stem}_overlay.{overlay}"
         if probs:
             mine["probs"] = f"{f.stem}_probs.npy"
         for name in mine.values():
@@ -87,14 +87,15 @@ def output_names(files: list[Path], probs: bool = False,
 
 
 def predict_files(predictor: Predictor, files: list[Path], out: Path, *, alpha: float = 0.5,
-                  overlay: bool = True, probs: bool = False, skip_existing: bool = False,
+                  overlay: str | None = "jpg", probs: bool = False, skip_existing: bool = False,
                   batch_size: int = 1, threads: int = 2, rank: int = 0,
                   world: int = 1) -> Iterator[Outcome]:
     """Predict ``files`` into ``out``, yielding an :class:`Outcome` per file of this rank.
 
     Writes ``<stem>.png`` (palette PNG of class ids, the image's exact size), with
-    ``overlay`` ``<stem>_overlay.png`` and with ``probs`` ``<stem>_probs.npy`` (float16
-    C x H x W). A file that cannot be read is reported and skipped; the rest go on.
+    ``overlay`` (its format, "jpg" or "png"; None: none) ``<stem>_overlay.jpg`` and with
+    ``probs`` ``<stem>_probs.npy`` (float16 C x H x W). A file that cannot be read is
+    reported and skipped; the rest go on.
     Batches of ``batch_size`` images are predicted ``predictor.streams`` at a time, while
     ``threads`` threads decode the next images and encode the last ones' outputs.
     """
