@@ -74,7 +74,7 @@ def test_the_deploy_install_predicts_and_serves_an_export(deploy_venv, onnx_mode
                            "--out", str(tmp_path / "video"), "--video-masks"],
                           capture_output=True, text=True)
     assert done.returncode == 0, done.stderr
-    assert video_info(tmp_path / "video" / "drive_overlay.mp4")[:2] == (64, 48)
+    assert video_info(tmp_path / "video" / "drive_overlay.mp4") == (64, 48, 24, 6)
     masks = sorted((tmp_path / "video" / "drive_masks").glob("*.png"))
     assert len(masks) == 6
     for frame, path in zip(decoded(video), masks, strict=True):

@@ -126,46 +126,35 @@ def _video(predictor: Any, path: Path, out: Path, args: argparse.Namespace) -> i
     return 0
 
 
-def run(args: argparse.Namespace) -> int:
-    from tqdm import tqdm
-
-    from ..distributed import rank_and_world
+def _check(args: argparse.Namespace) -> Path:
+    """Refuse bad flags and an unwritable output before anything is loaded; the output
+    folder."""
     from ..errors import FcnsegError
     from ..fileio import check_output_file, ensure_writable_dir
-    from ..inference.batch import collect_inputs, predict_files
-    from ..inference.runtimes import cpu_threads
-    from ..inference.video import is_video
 
     if not 0.0 <= args.alpha <= 1.0:
         raise FcnsegError(f"--alpha {args.alpha} must be between 0 and 1")
     if args.threads < 1:
         raise FcnsegError(f"--threads {args.threads} must be at least 1")
-    # Fail on an unwritable output before loading anything.
     out = ensure_writable_dir(args.out)
     if args.grid is not None:
         check_output_file(args.grid, "--grid")
     if args.masks is not None and not Path(args.masks).is_dir():
         raise FcnsegError(f"--masks {args.masks} is not a folder of ground-truth masks")
-    files, failures = collect_inputs(args.inputs)
-    videos = [f for f in files if is_video(f)]
-    files = [f for f in files if not is_video(f)]
-    rank, world = rank_and_world(env=True)
-    for pattern, why in failures if rank == 0 else ():
-        print(f"fcnseg: skipped {pattern}: {why}", file=sys.stderr)
-    predictor = load_predictor(args, streams=cpu_threads() if len(files) > 1 or videos else 1)
-    who = f"rank {rank}/{world}: " if world > 1 else ""
-    mine = len(range(rank, len(files), world))
-    what = " and ".join(([f"{mine} of {len(files)} images"] if files or not videos else [])
-                        + ([f"{len(videos[rank::world])} of {len(videos)} videos"] if videos
-                           else []))
-    print(f"fcnseg: {who}{what} with {args.checkpoint} "
-          f"({predictor.meta.num_classes} classes; {predictor.reason})", file=sys.stderr)
-    video_failures = sum(_video(predictor, v, out, args) for v in videos[rank::world])
-    counts = {"written": 0, "skipped": 0,
-              "failed": (len(failures) if rank == 0 else 0) + video_failures}
+    return out
+
+
+def _images(predictor: Any, files: list[Path], out: Path, args: argparse.Namespace,
+            rank: int, world: int) -> dict[str, int]:
+    """Predict this process's share of ``files``: counts of written, skipped, failed."""
+    from tqdm import tqdm
+
+    from ..inference.batch import predict_files
+
+    counts = {"written": 0, "skipped": 0, "failed": 0}
     grid: list[tuple[Any, Any, Any]] = []
-    start = time.perf_counter()
-    bar = tqdm(total=mine, unit="img", disable=args.no_progress or None, dynamic_ncols=True)
+    bar = tqdm(total=len(range(rank, len(files), world)), unit="img",
+               disable=args.no_progress or None, dynamic_ncols=True)
     say = print if args.no_progress else tqdm.write
     for o in predict_files(predictor, files, out, alpha=args.alpha,
                            overlay=None if args.no_overlay else args.overlay_format,
@@ -190,6 +179,34 @@ def run(args: argparse.Namespace) -> int:
     bar.close()
     if args.grid is not None and grid:
         _write_grid(grid, predictor.meta, args.grid)
+    return counts
+
+
+def run(args: argparse.Namespace) -> int:
+    from ..distributed import rank_and_world
+    from ..inference.batch import collect_inputs
+    from ..inference.runtimes import cpu_threads
+    from ..inference.video import is_video
+
+    out = _check(args)
+    files, failures = collect_inputs(args.inputs)
+    videos = [f for f in files if is_video(f)]
+    files = [f for f in files if not is_video(f)]
+    rank, world = rank_and_world(env=True)
+    for pattern, why in failures if rank == 0 else ():
+        print(f"fcnseg: skipped {pattern}: {why}", file=sys.stderr)
+    predictor = load_predictor(args, streams=cpu_threads() if len(files) > 1 or videos else 1)
+    who = f"rank {rank}/{world}: " if world > 1 else ""
+    mine = len(range(rank, len(files), world))
+    what = " and ".join(([f"{mine} of {len(files)} images"] if files or not videos else [])
+                        + ([f"{len(videos[rank::world])} of {len(videos)} videos"] if videos
+                           else []))
+    print(f"fcnseg: {who}{what} with {args.checkpoint} "
+          f"({predictor.meta.num_classes} classes; {predictor.reason})", file=sys.stderr)
+    video_failures = sum(_video(predictor, v, out, args) for v in videos[rank::world])
+    start = time.perf_counter()
+    counts = _images(predictor, files, out, args, rank, world)
+    counts["failed"] += (len(failures) if rank == 0 else 0) + video_failures
     if not files and videos:  # 2: nothing could be predicted, as for images
         return (2 if video_failures == len(videos[rank::world]) else 1) if counts["failed"] \
             else 0

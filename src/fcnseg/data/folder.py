@@ -92,25 +92,40 @@ def build_folder(
     """An image/mask folder data set (see the module docstring for the layout)."""
     root = Path(root)
     meta, raw_ignore, ignore_color = load_classes(root / classes)
-    img_dir, mask_dir = root / images, root / masks
+    img_dir, mask_dir, stems, source = _split_folders(root, split, root / images, root / masks)
+    files = _pairs(img_dir, mask_dir, stems, source)
+    reader = functools.partial(read_mask, colors=meta.palette, ignore_color=ignore_color,
+                               ignore_index=IGNORE_INDEX)
+    label_map = {raw_ignore: IGNORE_INDEX} if raw_ignore != IGNORE_INDEX else None
+    return SegmentationDataset(files, meta, transform, source=source, label_map=label_map,
+                               mask_reader=reader, cache=cache, cache_dir=cache_dir)
+
+
+def _split_folders(root: Path, split: str, img_dir: Path, mask_dir: Path
+                   ) -> tuple[Path, Path, list[str] | None, str]:
+    """Where ``split``'s files are: ``(image folder, mask folder, listed stems or None for
+    every image, what to name as its source)``."""
     for d in (img_dir, mask_dir):
         if not d.is_dir():
             raise DataError(f"{d}: folder not found; expected {img_dir} and {mask_dir}")
     list_file = root / f"{split}.txt"
-    stems: list[str] | None = None
     if (img_dir / split).is_dir():
-        img_dir, mask_dir = img_dir / split, mask_dir / split
-        source = str(img_dir)
-    elif list_file.is_file():
+        return img_dir / split, mask_dir / split, None, str(img_dir / split)
+    if list_file.is_file():
         stems = [ln.strip() for ln in list_file.read_text().splitlines() if ln.strip()]
-        source = str(list_file)
-    elif split == "all":
-        source = str(img_dir)
-    else:
-        raise DataError(
-            f"{root}: no split {split!r}: expected {img_dir / split}/ (and "
-            f"{mask_dir / split}/), or a list file {list_file}, or use split 'all'"
-        )
+        return img_dir, mask_dir, stems, str(list_file)
+    if split == "all":
+        return img_dir, mask_dir, None, str(img_dir)
+    raise DataError(
+        f"{root}: no split {split!r}: expected {img_dir / split}/ (and "
+        f"{mask_dir / split}/), or a list file {list_file}, or use split 'all'"
+    )
+
+
+def _pairs(img_dir: Path, mask_dir: Path, stems: list[str] | None, source: str
+           ) -> list[tuple[Path, Path]]:
+    """(image, mask) files paired by stem; every image, mask or stem without its partner
+    is an error naming it."""
     image_files = _by_stem(img_dir, IMAGE_EXTENSIONS)
     mask_files = _by_stem(mask_dir, MASK_EXTENSIONS)
     lossy = [p.name for p in mask_dir.glob("*") if p.suffix.lower() in (".jpg", ".jpeg")]
@@ -134,9 +149,4 @@ def build_folder(
         raise DataError(f"{mask_dir}: no mask for images {', '.join(unpaired[:5])}"
                         f"{' ...' if len(unpaired) > 5 else ''} ({len(unpaired)} of "
                         f"{len(stems)}); masks are paired with images by file stem")
-    files = [(image_files[s], mask_files[s]) for s in stems]
-    reader = functools.partial(read_mask, colors=meta.palette, ignore_color=ignore_color,
-                               ignore_index=IGNORE_INDEX)
-    label_map = {raw_ignore: IGNORE_INDEX} if raw_ignore != IGNORE_INDEX else None
-    return SegmentationDataset(files, meta, transform, source=source, label_map=label_map,
-                               mask_reader=reader, cache=cache, cache_dir=cache_dir)
+    return [(image_files[s], mask_files[s]) for s in stems]
