@@ -50,3 +50,32 @@ def test_unknown_names_list_the_registry_and_choices_come_from_it():
         lr_factor(0, 10, "linear", 0)
     assert CHOICES["optimizer"] == tuple(OPTIMIZERS) and CHOICES["loss"] == tuple(LOSSES)
     assert CHOICES["schedule"] == tuple(SCHEDULES)
+
+
+def test_one_precision_table_and_one_auto_rule(monkeypatch):
+    from fcnseg import device
+
+    assert set(CHOICES["precision"]) == set(device.PRECISIONS) - {"int8"}
+    with pytest.raises(UnknownNameError, match="auto, fp32, bf16, fp16"):
+        device.resolve_precision(torch.device("cpu"), "int8")
+    for fast, dtype in ((True, torch.bfloat16), (False, torch.float32)):
+        monkeypatch.setattr(device, "cpu_has_fast_bf16", lambda fast=fast: fast)
+        assert device.resolve_precision(torch.device("cpu"))[0] == dtype
+        assert device.auto_precision("cpu")[0] == ("bf16" if fast else "fp32")
+
+
+@pytest.mark.parametrize("name", ["torch", "onnxruntime", "openvino"])
+def test_every_runtime_opens_a_model(name, toy_checkpoint, tmp_path):
+    from conftest import export_model
+    from fcnseg.inference.runtimes import RUNTIMES, load_runtime
+
+    assert name in RUNTIMES
+    checkpoint = toy_checkpoint
+    onnx_file = checkpoint if name == "torch" else export_model(checkpoint, tmp_path / "m.onnx")
+    rt, meta, _, reason = load_runtime(checkpoint if name == "torch" else onnx_file, name,
+                                       precision="fp32")
+    assert reason.startswith(name) or name == "torch"
+    probs = rt(__import__("numpy").zeros((1, 3, 16, 16), "float32"))
+    assert probs.shape == (1, meta.num_classes, 16, 16)
+    with pytest.raises(UnknownNameError, match="auto, torch, onnxruntime, openvino"):
+        load_runtime(checkpoint, "tensorrt")

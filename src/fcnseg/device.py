@@ -15,12 +15,22 @@ from contextlib import AbstractContextManager, nullcontext
 from pathlib import Path
 from typing import TYPE_CHECKING
 
-from .errors import FcnsegError
+from .errors import FcnsegError, UnknownNameError
 
 if TYPE_CHECKING:
     import torch
 
-PRECISIONS = ("auto", "fp32", "bf16", "fp16")
+# Every precision fcnseg knows, with what it means. "auto" is one rule (auto_precision) for
+# training, PyTorch inference and OpenVINO alike; int8 is an exported file's precision
+# (`fcnseg export --int8`), never an autocast, so training takes the others.
+PRECISIONS = {
+    "auto": "bf16 where the device computes it fast (AMX/AVX512-BF16, CUDA), else fp32",
+    "fp32": "fp32",
+    "bf16": "bf16 autocast",
+    "fp16": "fp16 autocast with gradient scaling",
+    "int8": "int8, an export's (fcnseg export --int8)",
+}
+TRAINING_PRECISIONS = tuple(name for name in PRECISIONS if name != "int8")
 
 
 def select_device(name: str = "auto") -> torch.device:
@@ -60,6 +70,20 @@ def cpu_has_fast_bf16() -> bool:
                for check in ("_is_amx_tile_supported", "_is_avx512_bf16_supported"))
 
 
+def auto_precision(device_type: str = "cpu") -> tuple[str, str]:
+    """What ``precision="auto"`` means on ``device_type``: ``(precision, reason)``. CUDA
+    without bf16 gets fp16 with gradient scaling."""
+    if device_type == "cuda":
+        import torch
+
+        if torch.cuda.is_bf16_supported():
+            return "bf16", "bf16 autocast (CUDA device supports bf16)"
+        return "fp16", "fp16 autocast with gradient scaling (CUDA without bf16)"
+    if cpu_has_fast_bf16():
+        return "bf16", "bf16 autocast (CPU has AMX / AVX512-BF16)"
+    return "fp32", "fp32 (this CPU has no AMX / AVX512-BF16, where bf16 would be slower)"
+
+
 def resolve_precision(device: torch.device, precision: str = "auto") -> tuple[torch.dtype, str]:
     """Pick the autocast dtype for ``device``; returns ``(dtype, human-readable reason)``.
 
@@ -67,24 +91,17 @@ def resolve_precision(device: torch.device, precision: str = "auto") -> tuple[to
     """
     import torch
 
-    if precision not in PRECISIONS:
-        raise FcnsegError(f"unknown precision {precision!r}: choose one of {', '.join(PRECISIONS)}")
-    if precision == "fp32":
-        return torch.float32, "fp32 (asked for)"
-    if precision == "bf16":
-        return torch.bfloat16, "bf16 autocast (asked for)"
-    if precision == "fp16":
-        if device.type != "cuda":
-            raise FcnsegError(
-                "fp16 autocast needs a CUDA device: use --precision bf16 or fp32 on a CPU")
-        return torch.float16, "fp16 autocast with gradient scaling (asked for)"
-    if device.type == "cuda":
-        if torch.cuda.is_bf16_supported():
-            return torch.bfloat16, "bf16 autocast (CUDA device supports bf16)"
-        return torch.float16, "fp16 autocast with gradient scaling (CUDA without bf16)"
-    if cpu_has_fast_bf16():
-        return torch.bfloat16, "bf16 autocast (CPU has AMX / AVX512-BF16)"
-    return torch.float32, "fp32 (this CPU has no AMX / AVX512-BF16, where bf16 would be slower)"
+    if precision not in TRAINING_PRECISIONS:
+        raise UnknownNameError("precision", precision, TRAINING_PRECISIONS)
+    if precision == "auto":
+        precision, reason = auto_precision(device.type)
+    else:
+        reason = f"{PRECISIONS[precision]} (asked for)"
+    if precision == "fp16" and device.type != "cuda":
+        raise FcnsegError(
+            "fp16 autocast needs a CUDA device: use --precision bf16 or fp32 on a CPU")
+    dtypes = {"fp32": torch.float32, "bf16": torch.bfloat16, "fp16": torch.float16}
+    return dtypes[precision], reason
 
 
 def autocast(device: torch.device, dtype: torch.dtype) -> AbstractContextManager:

@@ -5,16 +5,16 @@ from __future__ import annotations
 import argparse
 from typing import Any
 
+from ..device import PRECISIONS
 from ..errors import FcnsegError
 from ..inference import DEFAULT_TILE, MODES, RUNTIMES, Predictor
-from ..inference.runtimes import PRECISIONS
 from ..inference.tiling import DEFAULT_TILE_BATCH
 
 
 def add_inference_options(p: argparse.ArgumentParser) -> None:
     """Options of whole-image inference, shared by ``evaluate``, ``predict`` and ``serve``."""
     g = p.add_argument_group("inference")
-    g.add_argument("--runtime", choices=("auto",) + RUNTIMES, default="auto",
+    g.add_argument("--runtime", choices=("auto", *RUNTIMES), default="auto",
                    help="auto (default): torch for a .pt checkpoint; for an .onnx export "
                         "openvino where it is installed (the faster one on x86 CPUs), else "
                         "onnxruntime")
@@ -38,9 +38,9 @@ def add_inference_options(p: argparse.ArgumentParser) -> None:
                    help="images an exported model predicts at once, each on its share of "
                         "the cores (0: one per core for folders, one for a single image; "
                         "a .pt checkpoint: always one)")
-    g.add_argument("--precision", choices=PRECISIONS, default="auto",
-                   help="auto: bf16 on CUDA and on CPUs with AMX/AVX512-BF16, else fp32; "
-                        "an exported model's own precision (int8 if exported so)")
+    g.add_argument("--precision", choices=tuple(PRECISIONS), default="auto",
+                   help=f"auto: {PRECISIONS['auto']}; an exported model computes in its own "
+                        "precision (int8 if exported so)")
 
 
 def load_predictor(args: argparse.Namespace, streams: int = 1) -> Predictor:

@@ -2,7 +2,7 @@
 
 Every runtime is a callable ``float32 N x 3 x H x W`` RGB pixels in 0-255 (not normalised)
 -> ``float32 N x C x H x W`` softmax probabilities, so that pad/slide/TTA
-(:mod:`.functional`) are written once for all of them. Each one normalises as its model
+(:mod:`.tiling`) are written once for all of them. Each one normalises as its model
 was trained to: PyTorch here, an exported model inside its graph.
 
 * ``torch``: a checkpoint (``.pt``), BatchNorm folded, channels-last, autocast per precision
@@ -28,15 +28,12 @@ from typing import Any, BinaryIO
 import numpy as np
 
 from ..data.meta import DatasetMeta
-from ..device import PRECISIONS as DEVICE_PRECISIONS
-from ..device import cpu_has_fast_bf16
+from ..device import PRECISIONS, auto_precision
 from ..errors import CheckpointError, FcnsegError, UnknownNameError, first_line
 
-RUNTIMES = ("torch", "onnxruntime", "openvino")
 # File suffix -> the runtime that reads it by default (``runtime="auto"``; an .onnx goes to
-# OpenVINO instead where it is installed).
+# OpenVINO instead where it is installed). RUNTIMES, the registry, is at the end.
 DEFAULT_RUNTIME = {".pt": "torch", ".pth": "torch", ".onnx": "onnxruntime"}
-PRECISIONS = DEVICE_PRECISIONS + ("int8",)  # int8: an export's, not an autocast
 # ONNX metadata keys written by `fcnseg export` (plain strings; JSON where structured).
 META_KEY, ARGS_KEY, CONFIG_KEY = "fcnseg.meta", "fcnseg.model_args", "fcnseg.config"
 PRECISION_KEY = "fcnseg.precision"
@@ -110,8 +107,8 @@ class OpenVinoRuntime:
             raise CheckpointError(f"{path}: its metadata is unreadable ({first_line(exc)}); "
                                   "export it again with `fcnseg export`") from exc
         int8 = self.metadata.get(PRECISION_KEY) == "int8"
-        if precision == "auto":  # bf16 only where the CPU has bf16 units, as for PyTorch
-            precision = "bf16" if cpu_has_fast_bf16() else "fp32"
+        if precision == "auto":  # the same rule as PyTorch's
+            precision = auto_precision("cpu")[0]
         if precision not in ("fp32", "bf16"):
             raise FcnsegError(f"--precision {precision} with openvino: use auto, fp32 or bf16")
         self.streams = max(1, streams)
@@ -172,31 +169,51 @@ def load_runtime(path: str | Path, runtime: str = "auto", device: str = "auto",
     name = _runtime_name(path, runtime)
     if precision not in PRECISIONS:
         raise UnknownNameError("precision", precision, PRECISIONS)
-    if name == "torch":
-        if precision == "int8":
-            raise FcnsegError("--precision int8 needs an int8 export: fcnseg export --int8 ...")
-        require("torch", "train", f"reading {path} (a PyTorch checkpoint) ")
-        from .torch_model import load_torch_runtime
+    return RUNTIMES[name](path, device, precision, streams)
 
-        return load_torch_runtime(path, device, precision)
+
+def _open_torch(path: Path, device: str, precision: str, streams: int
+                ) -> tuple[Any, DatasetMeta, dict[str, Any], str]:
+    if precision == "int8":
+        raise FcnsegError("--precision int8 needs an int8 export: fcnseg export --int8 ...")
+    require("torch", "train", f"reading {path} (a PyTorch checkpoint) ")
+    from .torch_model import load_torch_runtime
+
+    return load_torch_runtime(path, device, precision)
+
+
+def _open_onnxruntime(path: Path, device: str, precision: str, streams: int
+                      ) -> tuple[Any, DatasetMeta, dict[str, Any], str]:
+    if precision not in ("auto", "fp32", "int8"):
+        raise FcnsegError(f"--precision {precision} with onnxruntime: the precision is "
+                          "the exported file's (fp32, or int8 from fcnseg export --int8)")
+    _on_cpu("onnxruntime", device)
+    return _exported(OnnxRuntime(path, streams=streams), path, precision)
+
+
+def _open_openvino(path: Path, device: str, precision: str, streams: int
+                   ) -> tuple[Any, DatasetMeta, dict[str, Any], str]:
+    _on_cpu("openvino", device)
+    rt = OpenVinoRuntime(path, "auto" if precision == "int8" else precision, streams=streams)
+    return _exported(rt, path, precision)
+
+
+def _on_cpu(name: str, device: str) -> None:
     if device not in ("auto", "cpu"):
         raise FcnsegError(f"--device {device}: the {name} runtime runs on the CPU; "
                           "use a .pt checkpoint for CUDA")
-    if name == "onnxruntime":
-        if precision not in ("auto", "fp32", "int8"):
-            raise FcnsegError(f"--precision {precision} with onnxruntime: the precision is "
-                              "the exported file's (fp32, or int8 from fcnseg export --int8)")
-        rt: Any = OnnxRuntime(path, streams=streams)
-    else:
-        rt = OpenVinoRuntime(path, "auto" if precision == "int8" else precision,
-                             streams=streams)
-    # An int8 file computes in int8 whatever is asked; an fp32 file is not int8.
+
+
+def _exported(rt: Any, path: Path, precision: str
+              ) -> tuple[Any, DatasetMeta, dict[str, Any], str]:
+    """An exported model's runtime with its metadata, checked against ``precision``: an
+    int8 file computes in int8 whatever is asked; an fp32 file is not int8."""
     if (precision == "int8") != (rt.precision == "int8") and precision != "auto":
         raise FcnsegError(f"{path} is an {rt.precision} model, not {precision}: export "
                           "it again with the precision you want")
     meta, info = _meta_from(rt.metadata, path)
     many = f", {rt.streams} streams" if rt.streams > 1 else ""
-    return rt, meta, info, f"{name} on the CPU, {rt.precision}{many}"
+    return rt, meta, info, f"{rt.name} on the CPU, {rt.precision}{many}"
 
 
 def _runtime_name(path: Path, runtime: str) -> str:
@@ -215,7 +232,7 @@ def _runtime_name(path: Path, runtime: str) -> str:
                                   ".pt checkpoint or an .onnx export")
         return name
     if runtime not in RUNTIMES:
-        raise UnknownNameError("runtime", runtime, ("auto",) + RUNTIMES)
+        raise UnknownNameError("runtime", runtime, ("auto", *RUNTIMES))
     if runtime == "torch" and path.suffix.lower() not in (".pt", ".pth"):
         raise FcnsegError(f"--runtime torch reads .pt checkpoints, not {path.name}")
     if runtime != "torch" and path.suffix.lower() in (".pt", ".pth"):
@@ -317,3 +334,5 @@ def require(module: str, extra: str = "deploy", what: str = "this ") -> Any:
                           f"have: pip install 'fcnseg[{extra}]' -c constraints.txt") from exc
 
 
+# The runtimes by name: each opens a model file as (runtime, meta, info, reason).
+RUNTIMES = {"torch": _open_torch, "onnxruntime": _open_onnxruntime, "openvino": _open_openvino}

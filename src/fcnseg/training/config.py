@@ -16,7 +16,7 @@ from pathlib import Path
 from typing import Any
 
 from ..data import DATASETS
-from ..device import PRECISIONS, TRAIN_BYTES_PER_PIXEL, available_memory
+from ..device import TRAIN_BYTES_PER_PIXEL, TRAINING_PRECISIONS, available_memory
 from ..errors import FcnsegError
 from ..inference.tiling import DEFAULT_TILE
 from ..models import BACKBONES, MODELS, UPSAMPLE_INITS
@@ -35,7 +35,7 @@ CHOICES: dict[str, tuple[str, ...]] = {
     "dataset": tuple(DATASETS), "model": tuple(MODELS), "backbone": tuple(BACKBONES),
     "optimizer": tuple(OPTIMIZERS), "schedule": tuple(SCHEDULES),
     "upsample_init": UPSAMPLE_INITS, "class_weights": CLASS_WEIGHTS, "loss": tuple(LOSSES),
-    "precision": PRECISIONS,
+    "precision": TRAINING_PRECISIONS,
 }
 
 # Recipes: named differences from the dataclass defaults, which *are* fcnseg's recipe.
