@@ -18,6 +18,8 @@ needs_camvid = pytest.mark.skipif(not (CAMVID / "val").is_dir(),
                                   reason=f"the shared CamVid is not at {CAMVID}")
 
 SHAPES = {"size": 16, "image_size": 64, "val_size": 4}  # the synthetic set most tests use
+# A smaller one for runs in subprocesses (torchrun, signals): 5 val images split unevenly.
+SMALL_SHAPES = {"size": 8, "image_size": 48, "val_size": 5}
 TOY_CLASSES = ["background", "thing"]
 TOY_PALETTE = [(0, 0, 0), (200, 30, 30)]
 TINY = "tiny"  # the test backbone (fcnseg.models.backbones.tiny_resnet)
@@ -29,6 +31,19 @@ def shapes_dir(tmp_path_factory) -> Path:
     root = tmp_path_factory.mktemp("shapes") / "shapes"
     build_dataset("shapes", root, "train", **SHAPES)
     return root
+
+
+@pytest.fixture(scope="session")
+def small_shapes_dir(tmp_path_factory) -> Path:
+    """The synthetic ``shapes`` set of :data:`SMALL_SHAPES`, generated once per session."""
+    root = tmp_path_factory.mktemp("small_shapes") / "shapes"
+    build_dataset("shapes", root, "train", **SMALL_SHAPES)
+    return root
+
+
+def data_options(data: dict) -> list[str]:
+    """``--data-option key=value`` flags of a shapes set's parameters."""
+    return [x for k, v in data.items() for x in ("--data-option", f"{k}={v}")]
 
 
 def make_checkpoint(path: Path, classes=TOY_CLASSES, palette=TOY_PALETTE, model="fcn32s",
@@ -124,9 +139,9 @@ def wait_until(condition, timeout: float = 30.0, what: str = "the condition") ->
 def quick_flags(data_dir: Path, out: Path, *extra: str, data=SHAPES) -> list[str]:
     """``fcnseg train`` flags of a run of seconds on the shapes set at ``data_dir``: the
     tiny backbone from random weights, fp32 on the CPU; ``extra`` flags override."""
-    options = [x for k, v in data.items() for x in ("--data-option", f"{k}={v}")]
-    return ["--dataset", "shapes", "--data-dir", str(data_dir), *options, "--model", "fcn8s",
-            "--no-pretrained", "--backbone", TINY, "--epochs", "2", "--batch-size", "4",
+    return ["--dataset", "shapes", "--data-dir", str(data_dir), *data_options(data),
+            "--model", "fcn8s", "--no-pretrained", "--backbone", TINY, "--epochs", "2",
+            "--batch-size", "4",
             "--crop", "48", "48", "--workers", "0", "--device", "cpu", "--precision", "fp32",
             "--out", str(out), *extra]
 

@@ -6,6 +6,7 @@ import json
 
 import pytest
 
+from conftest import SHAPES, data_options
 from fcnseg.checkpoint import load_checkpoint
 from fcnseg.cli import main
 from fcnseg.errors import FcnsegError
@@ -13,7 +14,7 @@ from fcnseg.training.budget import SAFETY, parse_duration, plan_epochs, recent_p
 from fcnseg.training.config import resolve_config
 from fcnseg.training.train import fit
 
-DATA = {"size": 16, "image_size": 48, "val_size": 4}
+DATA = SHAPES
 
 
 @pytest.mark.parametrize("text, seconds", [("90s", 90), ("60m", 3600), ("1.5h", 5400),
@@ -68,12 +69,8 @@ def test_a_faster_run_gets_more_epochs_only_in_its_first_quarter():
 
 
 @pytest.fixture(scope="module")
-def data_dir(tmp_path_factory):
-    from fcnseg.data import build_dataset
-
-    root = tmp_path_factory.mktemp("budget") / "shapes"
-    build_dataset("shapes", root, "train", **DATA)
-    return root
+def data_dir(shapes_dir):
+    return shapes_dir
 
 
 def _config(data_dir, out, **kw):
@@ -123,8 +120,7 @@ def test_a_budgeted_run_ends_within_its_budget_and_resumes_on_plan(data_dir, tmp
 
 
 def test_the_cli_takes_durations(data_dir, tmp_path, capsys):
-    assert main(["train", "--dataset", "shapes", "--data-dir", str(data_dir), "--data-option",
-                 "size=16", "--data-option", "image_size=48", "--data-option", "val_size=4",
+    assert main(["train", "--dataset", "shapes", "--data-dir", str(data_dir), *data_options(DATA),
                  "--time-budget", "0.001s", "--no-pretrained", "--crop", "48", "48",
                  "--out", str(tmp_path / "r")]) == 2  # no epoch fits in a millisecond
     assert "less than one epoch" in capsys.readouterr().err

@@ -11,11 +11,11 @@ from pathlib import Path
 
 import pytest
 
+from conftest import SMALL_SHAPES, data_options
 from fcnseg.distributed import DistInfo, per_rank_batch
 from fcnseg.errors import FcnsegError
 
-DATA = ["--data-option", "size=8", "--data-option", "image_size=48", "--data-option",
-        "val_size=5"]
+DATA = data_options(SMALL_SHAPES)
 
 
 def _torchrun(args, tmp_path, timeout=240):
@@ -27,12 +27,8 @@ def _torchrun(args, tmp_path, timeout=240):
 
 
 @pytest.fixture(scope="module")
-def data_dir(tmp_path_factory):
-    from fcnseg.data import build_dataset
-
-    root = tmp_path_factory.mktemp("ddp") / "shapes"
-    build_dataset("shapes", root, "train", size=8, image_size=48, val_size=5)
-    return root
+def data_dir(small_shapes_dir):
+    return small_shapes_dir
 
 
 @pytest.mark.slow
@@ -57,7 +53,7 @@ def test_two_process_metrics_equal_one_process(data_dir, tmp_path):
     assert events and len({e.name.rsplit(".", 2)[1] for e in events}) == 1
     # 5 validation images split 3 + 2 over the ranks: counted once each after all-reduce.
     model, meta, ck = model_from_checkpoint(out / "last.pt")
-    val = build_dataset("shapes", data_dir, "val", size=8, image_size=48, val_size=5)
+    val = build_dataset("shapes", data_dir, "val", **SMALL_SHAPES)
     cm = evaluate(Predictor.from_model(model, meta), val, progress=False)
     assert int(cm.compute()["mat"].sum()) == 5 * 48 * 48
     metrics = cm.compute()

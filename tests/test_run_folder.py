@@ -15,21 +15,17 @@ import numpy as np
 import pytest
 from PIL import Image
 
+from conftest import SMALL_SHAPES, data_options
 from fcnseg.checkpoint import load_checkpoint
 from fcnseg.cli import main
 from fcnseg.training.rundir import run_folder_lock
 
-DATA = ["--data-option", "size=8", "--data-option", "image_size=48", "--data-option",
-        "val_size=2"]
+DATA = data_options(SMALL_SHAPES)
 
 
 @pytest.fixture(scope="module")
-def data_dir(tmp_path_factory):
-    from fcnseg.data import build_dataset
-
-    root = tmp_path_factory.mktemp("shapes") / "shapes"
-    build_dataset("shapes", root, "train", size=8, image_size=48, val_size=2)
-    return root
+def data_dir(small_shapes_dir):
+    return small_shapes_dir
 
 
 def _train(data_dir, out, *extra):

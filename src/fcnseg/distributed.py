@@ -83,8 +83,23 @@ def setup_distributed(device_name: str = "auto") -> DistInfo:
         if "OMP_NUM_THREADS" not in os.environ:
             torch.set_num_threads(max(1, (os.cpu_count() or 1) // local_world))
     if not dist.is_initialized():
-        dist.init_process_group(backend=backend, rank=rank, world_size=world_size)
+        dist.init_process_group(backend=backend, store=_attempt_store(), rank=rank,
+                                world_size=world_size)
     return DistInfo(rank, world_size, local_rank, device)
+
+
+def _attempt_store() -> Any:
+    """torchrun's store, with this attempt's keys apart from earlier attempts'.
+
+    A restarted worker group (``--max-restarts``) finds the agent's store as the killed
+    group left it: without a prefix per attempt, gloo's ranks read the dead ranks'
+    addresses and fail with "connectFullMesh ... Connection refused" (PyTorch 2.14,
+    ``--standalone`` and c10d rendezvous alike).
+    """
+    import torch.distributed as dist
+
+    store, _, _ = next(dist.rendezvous("env://"))
+    return dist.PrefixStore(f"fcnseg/attempt_{elastic_restart()}", store)
 
 
 def rank_and_world(env: bool = False) -> tuple[int, int]:
