@@ -56,7 +56,7 @@ def raw(c: TestClient, data: bytes, query: str = "", kind: str = "image/png", ke
 def test_health_ready_and_model(predictor):
     c = client(predictor)
     assert c.get("/health").json() == {"status": "ok"}
-    assert c.get("/ready").json() == {"ready": True}
+    assert c.get("/ready").json() == {"ready": True, "in_flight": 0}
     m = c.get("/v1/model").json()
     assert [x["name"] for x in m["classes"]] == NAMES and m["classes"][1]["color"] == [200, 30, 30]
     assert m["model"]["name"] == "fcn8s" and m["runtime"] == "torch"

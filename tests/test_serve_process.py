@@ -64,6 +64,20 @@ def _slow_request(base: str, results: dict) -> threading.Thread:
     return thread
 
 
+def _in_flight(base: str) -> int | None:
+    """Requests the server has admitted and not answered; None once it drains (503, or
+    no longer listening)."""
+    try:
+        with urllib.request.urlopen(base + "/ready", timeout=5) as r:
+            return json.loads(r.read())["in_flight"]
+    except urllib.error.HTTPError as exc:
+        if exc.code == 503:
+            return None
+        raise
+    except (urllib.error.URLError, ConnectionError):
+        return None
+
+
 def _rss(pid: int) -> int:
     with open(f"/proc/{pid}/status") as f:
         return next(int(line.split()[1]) * 1024 for line in f if line.startswith("VmRSS"))
@@ -74,9 +88,9 @@ def test_a_second_sigterm_exits_at_once(tmp_path):
     proc, base = _serve(tmp_path, backbone="resnet18")
     try:
         _slow_request(base, {})
-        time.sleep(1.0)  # the big image is in the model now
+        wait_until(lambda: _in_flight(base) == 1, 30, "the big image admitted")
         proc.send_signal(signal.SIGTERM)
-        time.sleep(0.3)
+        wait_until(lambda: _in_flight(base) is None, 30, "draining")
         proc.send_signal(signal.SIGTERM)
         # 128 + SIGTERM is the immediate exit's status; a drain would end by -SIGTERM
         assert proc.wait(timeout=60) == 128 + signal.SIGTERM
@@ -90,7 +104,7 @@ def test_a_real_server_drains_on_sigterm(tmp_path):
     try:
         results: dict = {}
         slow = _slow_request(base, results)
-        time.sleep(1.0)  # the big image is in the model now
+        wait_until(lambda: _in_flight(base) == 1, 30, "the big image admitted")
         proc.send_signal(signal.SIGTERM)
         wait_until(lambda: _post(base + "/v1/segment", png(20, 20))[0] == 503, 10,
                    "new requests refused while draining")

@@ -99,7 +99,9 @@ async def health() -> dict[str, str]:
 
 @read_only(pages, "/ready", summary="Readiness: the model is loaded and requests are accepted")
 async def ready(gate: Annotated[Gate, Depends(get_gate)]) -> JSONResponse:
-    return JSONResponse({"ready": not gate.draining}, 503 if gate.draining else 200)
+    # in_flight: requests admitted and not yet answered (predicting or waiting for a slot).
+    return JSONResponse({"ready": not gate.draining, "in_flight": gate.admitted},
+                        503 if gate.draining else 200)
 
 
 @read_only(pages, "/docs", include_in_schema=False)
