@@ -69,6 +69,9 @@ def main() -> None:
     p.add_argument("--fixed-upsample", action="store_true",
                    help="freeze the bilinear transposed convolutions")
     p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--precision", default=DEMO.precision,
+                   help="fp32 to time an AVX2 CPU's path on a bf16 CPU (with "
+                        "ONEDNN_MAX_CPU_ISA=AVX2 ATEN_CPU_CAPABILITY=avx2)")
     p.add_argument("--size", type=int, default=1024, help="training images")
     p.add_argument("--image-size", type=int, default=128)
     p.add_argument("--crop", type=int, default=96)
@@ -88,6 +91,7 @@ def main() -> None:
         **DEMO_SETTINGS, "lr": args.lr, "epochs": args.epochs, "batch_size": args.batch_size,
         "optimizer": args.optimizer, "weight_decay": args.weight_decay, "loss": args.loss,
         "boundary_weight": args.boundary_weight, "seed": args.seed,
+        "precision": args.precision,
         "crop": [args.crop] * 2, "val_every": max(1, args.epochs // 2),
         "data_dir": str(OUT / f"data-{variant}"), "data_options": data_options,
         "out": str(OUT / f"run-{name}"),

@@ -116,7 +116,8 @@ def test_a_killed_worker_is_restarted_and_the_same_command_resumes(data_dir, tmp
     cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc-per-node",
            "2", "--max-restarts", "1", "-m", "fcnseg", "train", *args(out)]
     agent = subprocess.Popen(cmd, env={**os.environ, "OMP_NUM_THREADS": "1"}, cwd=tmp_path,
-                             stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+                             stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+                             start_new_session=True)  # its workers end with it, whatever fails
     try:
         wait_until(lambda: (out / "last.pt").is_file(), 120, "the first step checkpoint")
         workers = _children(agent.pid)
@@ -124,7 +125,8 @@ def test_a_killed_worker_is_restarted_and_the_same_command_resumes(data_dir, tmp
         os.kill(max(workers), signal.SIGKILL)  # a worker dies mid-run
         _, err = agent.communicate(timeout=300)
     finally:
-        agent.kill()
+        if agent.poll() is None:
+            os.killpg(agent.pid, signal.SIGKILL)
     assert agent.returncode == 0, err[-3000:]
     assert "torchrun restart 1: resuming from" in err
     # exact resume: the run ends where the run without a fault ended
