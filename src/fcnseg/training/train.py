@@ -74,15 +74,15 @@ def train(overrides: dict[str, Any], config_file: str | None = None, recipe: str
         # torchrun restarted the workers after one died: the same command line goes on
         # from the run's last checkpoint (--checkpoint-every bounds the steps redone).
         overrides, resume = {**overrides, "out": config.out}, "last"
-        if rank_and_world(env=True)[0] == 0:
-            print(f"fcnseg train: torchrun restart {elastic_restart()}: resuming from "
-                  f"{config.out}/last.pt", file=sys.stderr, flush=True)
     if resume == "last":
         path = Path(overrides.get("out") or TrainConfig().out) / "last.pt"
     else:
         path = Path(resume)
         overrides = {"out": str(path.parent), **overrides}
     checkpoint = load_checkpoint(path, resume=True)
+    if elastic_restart() and rank_and_world(env=True)[0] == 0:
+        print(f"fcnseg train: torchrun restart {elastic_restart()}: resuming from {path} "
+              f"(step {checkpoint['progress']['step']})", file=sys.stderr, flush=True)
     saved = {"ema": 0.0, **checkpoint["config"]}  # runs from before --ema kept no average
     config = resolve_config(overrides, config_file, base=saved)
     return fit(config, resume=path, checkpoint=checkpoint)
