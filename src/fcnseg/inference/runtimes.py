@@ -2,34 +2,36 @@
 
 Every runtime is a callable ``float32 N x 3 x H x W`` RGB pixels in 0-255 (not normalised)
 -> ``float32 N x C x H x W`` softmax probabilities, so that pad/slide/TTA
-(:mod:`.tiling`) are written once for all of them. Each one normalises as its model
-was trained to: PyTorch here, an exported model inside its graph.
+(:mod:`.tiling`) are written once for all of them, and has ``labels(x)``, the class ids
+(``uint8 N x H x W``) for when no probabilities are needed. Each one normalises as its
+model was trained to: PyTorch here, an exported model inside its graph.
 
 * ``torch``: a checkpoint (``.pt``), BatchNorm folded, channels-last, autocast per precision
   (:mod:`.torch_model`, imported only for a checkpoint).
-* ``onnxruntime``: an exported ``.onnx`` (fp32 or int8 QDQ), the portable default.
-* ``openvino``: an exported ``.onnx``, read directly (``--runtime openvino``); bf16 on CPUs
-  with bf16 units (the same rule as PyTorch's ``precision auto``), int8 from an int8 export.
+* ``openvino``: an exported ``.onnx``, read directly; the default for ``.onnx`` where
+  OpenVINO is installed (the ``[deploy]`` install has it); bf16 on CPUs with bf16 units
+  (the same rule as PyTorch's ``precision auto``), int8 from an int8 export.
+* ``onnxruntime``: an exported ``.onnx`` (fp32 or int8 QDQ), where OpenVINO is not.
 
 Exported models need neither PyTorch nor the ``onnx`` package: the metadata is read from
-the file's protobuf fields directly (:func:`read_onnx_metadata`).
+the file's protobuf fields directly (:mod:`.onnx_metadata`).
 """
 
 from __future__ import annotations
 
 import functools
-import io
 import json
 import os
 import queue
 from pathlib import Path
-from typing import Any, BinaryIO
+from typing import Any
 
 import numpy as np
 
 from ..data.meta import DatasetMeta
 from ..device import PRECISIONS, auto_precision
 from ..errors import CheckpointError, FcnsegError, UnknownNameError, first_line
+from .onnx_metadata import read_onnx_metadata
 
 # File suffix -> the runtime that reads it by default (``runtime="auto"``; an .onnx goes to
 # OpenVINO instead where it is installed). RUNTIMES, the registry, is at the end.
@@ -241,56 +243,6 @@ def _runtime_name(path: Path, runtime: str) -> str:
     if not path.is_file():
         raise CheckpointError(f"model {path} does not exist: check the path")
     return runtime
-
-
-def read_onnx_metadata(path: str | Path) -> dict[str, str]:
-    """The ``metadata_props`` of an ONNX file, read without loading its weights.
-
-    An ONNX file is a protobuf ``ModelProto``; its field 14 holds ``{key: 1, value: 2}``
-    string pairs. The other fields (the graph and its weights) are skipped by length.
-    """
-    found: dict[str, str] = {}
-    with open(path, "rb") as fh:
-        size = os.fstat(fh.fileno()).st_size
-        while fh.tell() < size:
-            field, wire = divmod(_varint(fh), 8)
-            if wire == 2:
-                length = _varint(fh)
-                if field == 14:
-                    entry = _fields(fh.read(length))
-                    found[entry.get(1, b"").decode()] = entry.get(2, b"").decode()
-                else:
-                    fh.seek(length, os.SEEK_CUR)
-            elif wire in (1, 5):
-                fh.seek(8 if wire == 1 else 4, os.SEEK_CUR)
-            elif wire == 0:
-                _varint(fh)
-            else:
-                raise ValueError(f"not an ONNX model (protobuf wire type {wire})")
-    return found
-
-
-def _varint(fh: BinaryIO) -> int:
-    value, shift = 0, 0
-    while True:
-        byte = fh.read(1)
-        if not byte:
-            raise ValueError("not an ONNX model (the file ends inside a field)")
-        value |= (byte[0] & 0x7F) << shift
-        shift += 7
-        if not byte[0] & 0x80:
-            return value
-
-
-def _fields(data: bytes) -> dict[int, bytes]:
-    """The length-delimited fields of a small protobuf message (a metadata entry)."""
-    fh, out = io.BytesIO(data), {}
-    while fh.tell() < len(data):
-        field, wire = divmod(_varint(fh), 8)
-        if wire != 2:
-            raise ValueError("not an ONNX model (a metadata entry that is not a string)")
-        out[field] = fh.read(_varint(fh))
-    return out
 
 
 def cpu_threads() -> int:
