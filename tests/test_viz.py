@@ -54,6 +54,21 @@ def test_overlay_blends_and_keeps_ignored_pixels():
         overlay(image, np.zeros((3, 2), dtype=int), PALETTE)
 
 
+@pytest.mark.parametrize("alpha", [0.5, 0.3, 0.77])
+def test_overlay_tables_equal_blending_the_arrays(alpha):
+    """The looked-up blend is the float32 blend of the arrays, rounded, pixel for pixel."""
+    rng = np.random.default_rng(1)
+    image = rng.integers(0, 256, size=(45, 61, 3), dtype=np.uint8)
+    mask = rng.integers(0, 3, size=(45, 61)).astype(np.uint8)
+    mask[::7] = 255
+    colour = colorize(mask, PALETTE).astype(np.float32)
+    expected = np.rint(image.astype(np.float32) * (1 - alpha) + colour * alpha)
+    expected[mask == 255] = image[mask == 255]
+    assert np.array_equal(overlay(image, mask, PALETTE, alpha=alpha), expected.astype(np.uint8))
+    with pytest.raises(ValueError, match="label 3"):
+        overlay(image, np.full((45, 61), 3, np.uint8), PALETTE)
+
+
 def test_palette_png_reads_back_as_indices(tmp_path):
     rng = np.random.default_rng(0)
     mask = rng.integers(0, 3, size=(37, 53))
