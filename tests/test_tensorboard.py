@@ -46,3 +46,16 @@ def test_a_resumed_run_continues_its_curves(shapes_dir, tmp_path):
     train({"epochs": 3}, resume=str(out / "last.pt"))
     steps = [e.step for e in read_board(out).Scalars("train/loss")]
     assert steps == [1, 2, 3]
+
+
+def test_an_overwritten_run_leaves_nothing_of_the_old_one(shapes_dir, tmp_path):
+    out = tmp_path / "run"
+    fit(quick_config(shapes_dir, out, epochs=2, val_images=2))
+    old = set(out.glob("events.out.tfevents.*"))
+    result = fit(quick_config(shapes_dir, out, epochs=1, val_images=2), overwrite=True)
+    assert old and not old & set(out.glob("events.out.tfevents.*"))  # the old files are gone
+    board = read_board(out)
+    losses = board.Scalars("train/loss")
+    assert [e.step for e in losses] == [1]
+    assert losses[0].value == pytest.approx(result.history[0]["train_loss"], rel=1e-6)
+    assert sorted(p.name for p in (out / "val").iterdir()) == ["epoch_001"]

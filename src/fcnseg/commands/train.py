@@ -85,8 +85,9 @@ def add_parser(subparsers: Any, help_text: str) -> None:
     out.add_argument("--resume", nargs="?", const="last", metavar="CHECKPOINT",
                      help="continue a run: bare = RUN_DIR/last.pt, or a checkpoint path")
     out.add_argument("--overwrite", action="store_true", default=None,
-                     help="replace the run already in --out (without it such a folder is "
-                          "refused: nothing a typo can destroy)")
+                     help="replace the run already in --out: its checkpoints, event files and "
+                          "pictures are removed (without it such a folder is refused: "
+                          "nothing a typo can destroy)")
     p.set_defaults(func=run, keep_freed_memory=True)  # steps re-allocate their activations
 
 

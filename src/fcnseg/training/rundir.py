@@ -1,8 +1,9 @@
 """The run folder's rules: a finished run is never overwritten by accident, one process owns it.
 
 * A folder that already holds a run (``last.pt``) is only trained into again with
-  ``--resume`` (continue it) or ``--overwrite`` (replace it); anything else is refused
-  before a byte is written, ``config.toml`` included.
+  ``--resume`` (continue it) or ``--overwrite`` (replace it: the old run's checkpoints,
+  event files and pictures are removed); anything else is refused before a byte is
+  written, ``config.toml`` included.
 * The process that trains holds an exclusive ``flock`` on ``RUN_DIR/.fcnseg.lock`` for the
   whole run. The kernel releases it when the process ends, however it ends (SIGKILL too),
   so a lock is never stale; a second process is refused with the holder's PID.
@@ -13,6 +14,7 @@
 from __future__ import annotations
 
 import os
+import shutil
 from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
@@ -23,6 +25,8 @@ from ..fileio import atomic_write_text, ensure_writable_dir
 from .config import to_toml
 
 LOCK_NAME = ".fcnseg.lock"
+VAL_PICTURES = "val"  # RUN_DIR/val/epoch_NNN: the validation pictures of each epoch
+REPLACED_RUN = ("best.pt", "last.pt", "events.out.tfevents.*", f"{VAL_PICTURES}/epoch_*")
 
 
 class RunFolderError(FcnsegError):
@@ -34,10 +38,16 @@ def check_run_folder(run_dir: Path, resume: bool, overwrite: bool) -> None:
     if resume or not (run_dir / "last.pt").exists():
         return
     if overwrite:
-        # best.pt must belong to this run: a new run may never validate, or score lower;
-        # last.pt too: a worker restarted by torchrun resumes from it
-        for name in ("best.pt", "last.pt"):
-            (run_dir / name).unlink(missing_ok=True)
+        # What the replaced run wrote that the new one may not write again: best.pt (a new
+        # run may never validate, or score lower), last.pt (a worker restarted by torchrun
+        # resumes from it), its TensorBoard event files (TensorBoard would show both runs'
+        # figures as one) and its validation pictures (a shorter run leaves later epochs').
+        for pattern in REPLACED_RUN:
+            for path in run_dir.glob(pattern):
+                if path.is_dir():
+                    shutil.rmtree(path)
+                else:
+                    path.unlink(missing_ok=True)
         return
     raise RunFolderError(f"{run_dir} already holds a run (last.pt): continue it with "
                          f"`fcnseg train --resume --out {run_dir}`, choose a new --out, or "

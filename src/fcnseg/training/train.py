@@ -39,7 +39,7 @@ from ..viz import plot_training_curves
 from .budget import Clock, TimeBudget
 from .config import TrainConfig, resolve_config
 from .run import DivergedError, Run, build_run, reschedule, save
-from .rundir import check_run_folder, run_folder_lock
+from .rundir import VAL_PICTURES, check_run_folder, run_folder_lock
 from .tensorboard import Board
 
 __all__ = ["DivergedError", "TrainResult", "fit", "train", "train_one_epoch", "validate"]
@@ -232,7 +232,7 @@ def _pictures(run: Run) -> Path | None:
     """Where validation writes this epoch's prediction strips (None: --val-images 0)."""
     if not run.config.val_images:
         return None
-    return run.run_dir / "val" / f"epoch_{run.state.epoch:03d}"
+    return run.run_dir / VAL_PICTURES / f"epoch_{run.state.epoch:03d}"
 
 
 def _finish_epoch(run: Run) -> dict[str, Any]:
