@@ -38,7 +38,7 @@ def quantize(fp32: Path, out: Path, images: list[np.ndarray], recipe: str) -> fl
     import nncf
     import onnx
 
-    from fcnseg.inference.export import HEAD_PATTERN
+    from fcnseg.inference.quantize import HEAD_PATTERN
 
     base = recipe.split("+")[0]
     kwargs: dict = {}
@@ -84,7 +84,8 @@ def main() -> None:
 
     from fcnseg.checkpoint import load_checkpoint
     from fcnseg.data import build_dataset
-    from fcnseg.inference.export import _spread, export_onnx
+    from fcnseg.inference.export import export_onnx
+    from fcnseg.inference.quantize import spread
 
     config = load_checkpoint(args.checkpoint)["config"]
     options = config.get("data_options") or {}
@@ -101,7 +102,7 @@ def main() -> None:
         print(f"fp32: mIoU {ref_miou:.4f} on {len(samples)} unseen images, {ref_rate:.1f} img/s")
         for recipe in args.recipes:
             count = 128 if recipe.endswith("+cal128") else 32
-            images = [train.read_raw(i)[0] for i in _spread(list(range(len(train))), count)]
+            images = [train.read_raw(i)[0] for i in spread(list(range(len(train))), count)]
             out = Path(tmp) / f"{recipe}.onnx"
             seconds = quantize(fp32, out, images, recipe)
             masks, miou, rate = score(out, samples, val.meta)

@@ -167,6 +167,32 @@ def test_int8_export_agrees_with_fp32(trained, tmp_path):
         Predictor.from_file(out, precision="fp32")
 
 
+def test_int8_is_judged_on_every_runtime_that_runs_it(trained, tmp_path, monkeypatch, capsys):
+    pytest.importorskip("openvino")
+    from fcnseg.inference import quantize
+    from fcnseg.inference.export import export_onnx
+
+    ckpt, _ = trained
+    lines = []
+    report = export_onnx(ckpt, tmp_path / "a.onnx", int8=True, calibration_size=8,
+                         check_size=6, max_miou_drop=0.2, progress=lines.append)
+    judged = report.quality["runtimes"]
+    assert set(judged) == {"onnxruntime", "openvino"}
+    assert sum("int8 (openvino) against fp32" in line for line in lines) == 1
+    worst = max(q["miou_drop"] for q in judged.values())
+    assert report.quality["miou_drop"] == worst
+    # A gate no runtime can pass: refused, naming the runtime, and nothing written.
+    monkeypatch.setattr(quantize, "INT8_MIN_AGREEMENT", 1.01)
+    assert main(["export", "--checkpoint", str(ckpt), "--out", str(tmp_path / "b.onnx"),
+                 "--int8", "--calibration-size", "8", "--check-size", "6"]) == 2
+    err = capsys.readouterr().err.strip().splitlines()[-1]
+    assert "not good enough on onnxruntime" in err and "Traceback" not in err
+    assert not (tmp_path / "b.onnx").exists()
+    assert main(["export", "--checkpoint", str(ckpt), "--out", str(tmp_path / "c.onnx"),
+                 "--int8", "--max-miou-drop", "2"]) == 2
+    assert "--max-miou-drop 2.0" in capsys.readouterr().err
+
+
 def test_openvino_runs_the_onnx_file(trained, exported):
     pytest.importorskip("openvino")
     ov = Predictor.from_file(exported, runtime="openvino", precision="fp32")

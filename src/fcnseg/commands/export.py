@@ -6,6 +6,8 @@ import argparse
 import sys
 from typing import Any
 
+from ..inference.quantize import INT8_MAX_MIOU_DROP
+
 
 def add_parser(subparsers: Any, help_text: str) -> None:
     p = subparsers.add_parser("export", help=help_text, description=help_text)
@@ -22,6 +24,10 @@ def add_parser(subparsers: Any, help_text: str) -> None:
     p.add_argument("--check-size", type=int, default=24, metavar="N",
                    help="--int8: validation images of the checkpoint's data, at their own "
                         "size, on which int8 must match fp32's mIoU (default 24)")
+    p.add_argument("--max-miou-drop", type=float, default=INT8_MAX_MIOU_DROP, metavar="D",
+                   help="--int8: how far int8's mIoU on those images may fall below fp32's, "
+                        "on each runtime that runs it (ONNX Runtime, OpenVINO) (default "
+                        f"{INT8_MAX_MIOU_DROP})")
     p.set_defaults(func=run)
 
 
@@ -32,7 +38,7 @@ def run(args: argparse.Namespace) -> int:
         print("fcnseg: warning: --calibration is only used with --int8", file=sys.stderr)
     report = export_onnx(args.checkpoint, args.out, int8=args.int8,
                          calibration=args.calibration, calibration_size=args.calibration_size,
-                         check_size=args.check_size,
+                         check_size=args.check_size, max_miou_drop=args.max_miou_drop,
                          progress=lambda line: print(line, file=sys.stderr))
     if report.quality is not None:
         q = report.quality

@@ -11,14 +11,11 @@ sha256 travel as ONNX metadata (``fcnseg.*`` keys).
 PyTorch's TorchScript-based exporter (``dynamo=False``) is used: it exports the dynamic
 N/H/W of this model, where torch 2.14's default dynamo exporter failed on the batch axis.
 
-Before it reports success, the export runs the file with ONNX Runtime and compares it with
-PyTorch; a disagreement is an error and no file is left. An fp32 file must match to
-rounding on two sizes (one odd). An int8 file is judged by what a user cares about: on real
-images of the checkpoint's validation split at their own size, its mIoU against the
-ground truth may fall by at most :data:`INT8_MAX_MIOU_DROP` from fp32's, and its pixels
-must agree with fp32's (:data:`INT8_MIN_AGREEMENT`). int8 models are quantized with NNCF
-(OpenVINO's post-training quantization, run on the ONNX graph: the file stays one .onnx
-that ONNX Runtime and OpenVINO both run).
+Before it reports success, the export runs the file and compares it with PyTorch; a
+disagreement is an error and no file is left. An fp32 file must match to rounding on two
+sizes (one odd), on ONNX Runtime. An int8 file (NNCF's quantization, run on the ONNX graph:
+the file stays one .onnx that ONNX Runtime and OpenVINO both run) must keep fp32's mIoU on
+real validation images on every runtime that runs it (:mod:`.quantize`).
 """
 
 from __future__ import annotations
@@ -37,29 +34,24 @@ from torch import nn
 
 from .. import __version__
 from ..checkpoint import model_from_checkpoint
-from ..data import build_dataset
-from ..data.io import read_image
 from ..data.meta import DatasetMeta
 from ..data.transforms import Normalize
 from ..errors import FcnsegError
 from ..fileio import atomic_write, check_output_file
-from ..metrics import ConfusionMatrix
 from ..models.batchnorm import fold_batchnorm
-from .batch import collect_inputs
+from .quantize import (
+    INT8_MAX_MIOU_DROP,
+    calibration_images,
+    check_int8,
+    check_samples,
+    quantize,
+)
 from .runtimes import ARGS_KEY, CONFIG_KEY, META_KEY, PRECISION_KEY, OnnxRuntime, require
 
 OPSET = 17
 CHECK_SIZES = ((375, 500), (96, 131))  # an odd VOC-like size and a small one, batch 2
 # An fp32 file must agree with PyTorch to rounding.
 FP32_TOLERANCE = {"max_abs": 1e-3, "agreement": 0.999}
-# An int8 file, on real validation images at their own size: mIoU at most this much below
-# fp32's (when the images have masks), and at least this share of pixels labelled as fp32
-# labels them (a floor against a broken quantization; it is the only test without masks).
-INT8_MAX_MIOU_DROP = 0.01
-INT8_MIN_AGREEMENT = 0.95
-# ONNX node names (a regular expression) of the FCN's head, the 1x1 score convs and the
-# transposed convs (~1 % of the FLOPs, but every class boundary goes through them).
-HEAD_PATTERN = r".*/model/(score\d+|up\d+to\d+|upsample)/.*"
 # The ``labels`` output's type: class ids fit a byte (255 is the ignore index).
 LABEL_DTYPE = torch.uint8
 
@@ -94,13 +86,14 @@ class ExportReport:
 
 def export_onnx(checkpoint: str | Path, out: str | Path, *, int8: bool = False,
                 calibration: str | Path | None = None, calibration_size: int = 32,
-                check_size: int = 24, progress: Any = print) -> ExportReport:
+                check_size: int = 24, max_miou_drop: float = INT8_MAX_MIOU_DROP,
+                progress: Any = print) -> ExportReport:
     """Export ``checkpoint`` to ``out`` (.onnx), int8-quantized if ``int8``, checked.
 
     ``calibration`` is a folder of images for int8 calibration (default: the checkpoint's
     training split); ``calibration_size`` images of it are used. ``check_size`` images of
     the checkpoint's validation split (or, without one, of the calibration images) judge
-    an int8 file.
+    an int8 file, whose mIoU may fall at most ``max_miou_drop`` below fp32's.
     """
     onnx = require("onnx", "export")
     out = Path(out)
@@ -109,11 +102,14 @@ def export_onnx(checkpoint: str | Path, out: str | Path, *, int8: bool = False,
     if calibration_size < 1 or check_size < 1:
         raise FcnsegError(f"--calibration-size {calibration_size} and --check-size "
                           f"{check_size} must be at least 1")
+    if not 0 <= max_miou_drop <= 1:
+        raise FcnsegError(f"--max-miou-drop {max_miou_drop}: give an mIoU difference "
+                          "between 0 and 1, e.g. 0.005")
     check_output_file(out, "--out")
     model, meta, ckpt = model_from_checkpoint(checkpoint)
     deployable = Deployable(fold_batchnorm(model), meta).eval()
     config = ckpt.get("config") or {}
-    images = _calibration_images(config, calibration, calibration_size) if int8 else []
+    images = calibration_images(config, calibration, calibration_size) if int8 else []
     precision = "int8" if int8 else "fp32"
     with tempfile.TemporaryDirectory(dir=out.parent, prefix=".fcnseg-export.") as tmp:
         fp32 = Path(tmp) / "fp32.onnx"
@@ -121,7 +117,7 @@ def export_onnx(checkpoint: str | Path, out: str | Path, *, int8: bool = False,
         path = fp32
         if int8:
             progress(f"fcnseg: calibrating int8 on {len(images)} images")
-            path = _quantize(fp32, Path(tmp) / "int8.onnx", images)
+            path = quantize(fp32, Path(tmp) / "int8.onnx", images)
         graph = onnx.load(str(path))
         _add_metadata(graph, meta, ckpt, checkpoint, precision)
         checked = Path(tmp) / "checked.onnx"
@@ -129,8 +125,8 @@ def export_onnx(checkpoint: str | Path, out: str | Path, *, int8: bool = False,
         checks = [] if int8 else check_fp32(deployable, checked, progress)
         quality = None
         if int8:
-            samples = _check_samples(config, images, check_size)
-            quality = check_int8(deployable, checked, samples, meta, progress)
+            samples = check_samples(config, images, check_size)
+            quality = check_int8(deployable, checked, samples, meta, progress, max_miou_drop)
         data = checked.read_bytes()
         atomic_write(out, lambda f: f.write(data))
     return ExportReport(out, precision, checks, len(images), quality)
@@ -179,44 +175,6 @@ def _add_metadata(graph: Any, meta: DatasetMeta, ckpt: dict[str, Any], source: s
                        f"{meta.num_classes} classes"
 
 
-def check_int8(deployable: nn.Module, path: Path, samples: list[tuple[np.ndarray, Any]],
-               meta: DatasetMeta, progress: Any = print) -> dict[str, Any]:
-    """Label ``samples`` (image, mask or None) with the int8 file (ONNX Runtime) and with
-    fp32 PyTorch at their own size; raise unless they agree as :data:`INT8_MAX_MIOU_DROP`
-    and :data:`INT8_MIN_AGREEMENT` ask. Returns the agreement and, with masks, both mIoUs."""
-    runtime = OnnxRuntime(path)
-    truth = [m for _, m in samples if m is not None]
-    scores = {name: ConfusionMatrix(meta.num_classes, meta.ignore_index)
-              for name in ("fp32", "int8")}
-    same = total = 0
-    for image, mask in samples:
-        x = torch.from_numpy(image.transpose(2, 0, 1)[None].astype(np.float32))
-        with torch.no_grad():
-            ref = deployable(x)[1][0]
-        got = torch.from_numpy(runtime.labels(x.numpy())[0])
-        same, total = same + int((got == ref).sum()), total + ref.numel()
-        if mask is not None:
-            target = torch.from_numpy(mask.astype(np.int64))
-            scores["fp32"].update(ref, target)
-            scores["int8"].update(got, target)
-    quality: dict[str, Any] = {"images": len(samples), "agreement": same / total}
-    if truth:
-        quality.update({f"miou_{k}": float(v.compute()["miou"]) for k, v in scores.items()})
-        quality["miou_drop"] = quality["miou_fp32"] - quality["miou_int8"]
-    progress(f"fcnseg: int8 against fp32 on {len(samples)} images at their own size: "
-             f"{100 * quality['agreement']:.2f} % of pixels agree"
-             + (f", mIoU {quality['miou_int8']:.4f} against {quality['miou_fp32']:.4f}"
-                if truth else " (no masks: mIoU not compared)"))
-    drop = quality.get("miou_drop", 0.0)
-    if drop > INT8_MAX_MIOU_DROP or quality["agreement"] < INT8_MIN_AGREEMENT:
-        raise FcnsegError(
-            f"the int8 export is not good enough: mIoU {drop:+.4f} below fp32 (at most "
-            f"{INT8_MAX_MIOU_DROP}), {100 * quality['agreement']:.2f} % of pixels agree (at "
-            f"least {100 * INT8_MIN_AGREEMENT:.0f} %); nothing was written: export fp32, or "
-            "calibrate on more images like the model's (--calibration-size)")
-    return quality
-
-
 def check_fp32(deployable: nn.Module, path: Path,
                progress: Any = print) -> list[dict[str, Any]]:
     """Run ``path`` with ONNX Runtime and PyTorch on :data:`CHECK_SIZES`; raise on mismatch."""
@@ -256,70 +214,6 @@ def _check_batch(h: int, w: int, seed: int) -> torch.Tensor:
     small = g.integers(0, 256, (2, max(1, h // 8), max(1, w // 8), 3), dtype=np.uint8)
     arrays = [np.asarray(Image.fromarray(s).resize((w, h), Image.BILINEAR)) for s in small]
     return torch.from_numpy(np.stack(arrays).transpose(0, 3, 1, 2).copy()).float()
-
-
-def _calibration_images(config: dict[str, Any], folder: str | Path | None,
-                        count: int) -> list[np.ndarray]:
-    """``count`` images spread over ``folder`` or the checkpoint's training split."""
-    if folder is not None:
-        files, _ = collect_inputs([str(folder)])
-        if not files:
-            raise FcnsegError(f"--calibration {folder} has no images: give a folder of "
-                              "images like those the model will see")
-        return [read_image(f) for f in _spread(files, count)]
-    if not config.get("dataset") or not config.get("data_dir"):
-        raise FcnsegError("the checkpoint names no training data: give --calibration DIR")
-    try:
-        ds = build_dataset(config["dataset"], config["data_dir"], config.get("split", "train"),
-                           **(config.get("data_options") or {}))
-    except FcnsegError as exc:
-        raise FcnsegError(f"cannot read the checkpoint's training data for calibration "
-                          f"({exc}); give --calibration DIR") from exc
-    return [ds.read_raw(i)[0] for i in _spread(list(range(len(ds))), count)]
-
-
-def _check_samples(config: dict[str, Any], images: list[np.ndarray],
-                   count: int) -> list[tuple[np.ndarray, Any]]:
-    """``count`` (image, mask) pairs of the checkpoint's validation split; without one,
-    the calibration images, unlabelled."""
-    if config.get("dataset") and config.get("data_dir"):
-        try:
-            ds = build_dataset(config["dataset"], config["data_dir"],
-                               config.get("val_split", "val"),
-                               **(config.get("data_options") or {}))
-            if len(ds):
-                return [ds.read_raw(i) for i in _spread(list(range(len(ds))), count)]
-        except FcnsegError:
-            pass  # no validation data here: judge on the calibration images alone
-    return [(image, None) for image in _spread(images, count)]
-
-
-def _spread(items: list, count: int) -> list:
-    if len(items) <= count:
-        return items
-    return [items[round(i * (len(items) - 1) / (count - 1))] for i in range(count)] \
-        if count > 1 else items[:1]
-
-
-def _quantize(fp32: Path, out: Path, images: list[np.ndarray]) -> Path:
-    """Static int8 quantization with NNCF, calibrated on ``images`` at their own size.
-
-    NNCF places the quantizers where OpenVINO's int8 kernels want them, per-channel
-    weights, and corrects the biases that quantization shifts; ONNX Runtime's own static
-    quantizer lost 0.12 mIoU on an EfficientNet-Lite FCN where NNCF lost none
-    (benchmarks/RESULTS.md).
-    """
-    nncf = require("nncf", "export")
-    onnx = require("onnx", "export")
-    data = nncf.Dataset([{"image": img.transpose(2, 0, 1)[None].astype(np.float32)}
-                         for img in images])
-    # The head stays fp32: on the unseen CamVid drive 0006R0 it cut int8's mIoU loss from
-    # 0.0046 to 0.0037 at the same speed (benchmarks/RESULTS.md, "int8 recipes").
-    head = nncf.IgnoredScope(patterns=[HEAD_PATTERN], validate=False)
-    model = nncf.quantize(onnx.load(str(fp32)), data, subset_size=len(images),
-                          ignored_scope=head)
-    onnx.save(model, str(out))
-    return out
 
 
 def sha256(path: str | Path) -> str:

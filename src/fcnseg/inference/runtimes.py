@@ -221,7 +221,7 @@ def _exported(rt: Any, path: Path, precision: str
 def _runtime_name(path: Path, runtime: str) -> str:
     if runtime == "auto":
         name = DEFAULT_RUNTIME.get(path.suffix.lower())
-        if name == "onnxruntime" and _importable("openvino"):
+        if name == "onnxruntime" and importable("openvino"):
             # OpenVINO runs fcnseg's exports 1.5-2x faster than ONNX Runtime on x86 CPUs,
             # and its int8 is faster than its fp32 where ONNX Runtime's is slower
             # (benchmarks/RESULTS.md, "Inference").
@@ -269,7 +269,8 @@ def _meta_from(metadata: dict[str, str], path: Path) -> tuple[DatasetMeta, dict[
     return meta, info
 
 
-def _importable(module: str) -> bool:
+def importable(module: str) -> bool:
+    """Whether ``module`` is installed (found, not imported)."""
     import importlib.util
 
     return importlib.util.find_spec(module) is not None
