@@ -165,3 +165,65 @@ def test_a_run_trains_and_evaluates_on_coco(tmp_path):
     assert main(["evaluate", "--checkpoint", str(tmp_path / "run" / "last.pt"), "--dataset",
                  "coco", "--data-dir", str(tmp_path / "coco"), "--split", "val",
                  "--data-option", f"cache_dir={tmp_path / 'cache'}"]) == 0
+
+
+def make_panoptic(root: Path, images: int = 3) -> Path:
+    """COCO's panoptic layout: per image a PNG of segment ids (R + 256 G + 256^2 B) with a
+    road, a car on it, a crowd of people and void pixels (id 0)."""
+    (root / "train").mkdir(parents=True)
+    (root / "annotations" / "panoptic_train").mkdir(parents=True)
+    spec = {"images": [], "annotations": [],
+            "categories": [{"id": 3, "name": "car"}, {"id": 1, "name": "person"},
+                           {"id": 7, "name": "road"}]}
+    for i in range(images):
+        Image.fromarray(np.full((H, W, 3), 40 * i, np.uint8)).save(root / "train" / f"{i}.jpg")
+        ids = np.zeros((H, W), np.int64)
+        ids[20:] = 5  # road
+        ids[25:35, 10 + i:20 + i] = 300  # a car on the road (G = 1)
+        ids[0:8, 0:8] = 2 * 65536 + 7  # a crowd of people (B = 2)
+        rgb = np.stack([ids % 256, ids // 256 % 256, ids // 65536], -1).astype(np.uint8)
+        Image.fromarray(rgb).save(root / "annotations" / "panoptic_train" / f"{i}.png")
+        spec["images"].append({"id": i, "file_name": f"{i}.jpg", "height": H, "width": W})
+        spec["annotations"].append({"image_id": i, "file_name": f"{i}.png", "segments_info": [
+            {"id": 5, "category_id": 7, "iscrowd": 0},
+            {"id": 300, "category_id": 3, "iscrowd": 0},
+            {"id": 2 * 65536 + 7, "category_id": 1, "iscrowd": 1}]})
+    path = root / "annotations" / "panoptic_train.json"
+    path.write_text(json.dumps(spec))
+    return path
+
+
+def test_panoptic_segments_become_classes_and_void_is_ignored(tmp_path):
+    make_panoptic(tmp_path / "pan")
+    ds = build_dataset("coco", tmp_path / "pan", "train", cache_dir=tmp_path / "cache")
+    assert ds.meta.class_names == ["background", "person", "car", "road"]
+    for i in range(len(ds)):
+        expected = np.full((H, W), 255, np.uint8)  # void
+        expected[20:] = 3
+        expected[25:35, 10 + i:20 + i] = 2
+        expected[0:8, 0:8] = 1  # a crowd segment is its category
+        assert np.array_equal(np.asarray(ds.read_raw(i)[1]), expected)
+    assert not (tmp_path / "cache").exists()  # read from the PNGs, nothing rendered
+    roads = build_dataset("coco", tmp_path / "pan", "train", categories="road")
+    assert set(np.unique(roads.read_raw(0)[1])) == {0, 1, 255}
+
+
+@pytest.mark.parametrize("edit,needle", [
+    (lambda s: s["annotations"][0]["segments_info"].pop(), "segment id 131079 is not in"),
+    (lambda s: s["annotations"][0]["segments_info"][0].update(category_id=9),
+     "segment 5 of image 0 has category id 9"),
+    (lambda s: s["annotations"][0].update(file_name="gone.png"), "gone.png: file not found"),
+    (lambda s: s["annotations"].pop(), "image 2 has 0 panoptic annotations"),
+    (lambda s: s["images"][1].update(height=H + 1), "is not that image's segment PNG"),
+])
+def test_bad_panoptic_annotations_are_one_line(tmp_path, capsys, edit, needle):
+    path = make_panoptic(tmp_path / "pan")
+    spec = json.loads(path.read_text())
+    edit(spec)
+    path.write_text(json.dumps(spec))
+    assert main(["train", "--dataset", "coco", "--data-dir", str(tmp_path / "pan"),
+                 "--out", str(tmp_path / "run"), "--no-pretrained", "--backbone", "tiny",
+                 "--epochs", "1", "--device", "cpu", "--val-split", "train",
+                 "--crop", "32", "32", "--batch-size", "2", "--max-steps", "1"]) == 2
+    err = capsys.readouterr().err
+    assert needle in err and "Traceback" not in err and err.count("\n") == 1

@@ -24,7 +24,8 @@ TRAINING_PACKAGES = ("torch", "torchvision", "timm", "matplotlib")
 # here; what a command needs (PyTorch for training, FastAPI...) is imported inside its run().
 COMMANDS = {
     "demo": "Train, evaluate and visualise an FCN-8s on the built-in synthetic data (offline).",
-    "train": "Train an FCN on VOC, CamVid, an image/mask folder or the synthetic data.",
+    "train": "Train an FCN on VOC, CamVid, COCO annotations, an image/mask folder or the "
+             "synthetic data.",
     "evaluate": "Evaluate a checkpoint on whole images: pixel accuracy, mean IoU, per-class IoU.",
     "predict": "Predict masks for images of any size; write palette PNGs and overlays.",
     "export": "Export a checkpoint to ONNX (fp32 or int8), checked against PyTorch.",

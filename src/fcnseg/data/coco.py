@@ -1,24 +1,31 @@
-"""COCO annotations (instances or panoptic-style polygons and RLE) as semantic masks.
+"""COCO annotations (instances: polygons and RLE; or panoptic: segment PNGs) as semantic
+masks.
 
 What annotation tools export (CVAT, Label Studio, Roboflow, labelme2coco) and the COCO
 data sets themselves. Layout: ``--data-dir`` holds the JSON and the images::
 
     <root>/annotations/instances_<split>.json  with images in <root>/<split>/  (COCO)
+    <root>/annotations/panoptic_<split>.json   its segment PNGs in annotations/panoptic_<split>/
     <root>/<split>/_annotations.coco.json      with its images beside it       (Roboflow)
     <root>/annotations.json (or the one *.json) with images in <root>/images/ or <root>/
 
-or name them: ``--data-option annotations=FILE.json --data-option images=DIR``. When the
-split has no JSON of its own, the one JSON is split by a ratio with a fixed seed
+or name them: ``--data-option annotations=FILE.json --data-option images=DIR`` (and
+``segments=DIR`` for a panoptic JSON's PNGs: by default the folder named as the JSON). When
+the split has no JSON of its own, the one JSON is split by a ratio with a fixed seed
 (``val_fraction``, default 0.2; ``seed``): "train" and "val" never share an image; "all"
 takes every image.
 
 Classes: 0 is ``background``, then the categories by id with their names;
 ``categories=car,person`` keeps those (in that order) and maps the rest to background.
-Rendering rule: annotations are painted largest area first, so an object lying on another
-(a cup on a table) keeps its pixels; crowd regions (``iscrowd``) are ignored (255) where no
-other annotation covers them. Masks are rendered once and cached as PNGs under
-``cache_dir`` (default ``~/.cache/fcnseg/coco``) in a folder keyed by the JSON's hash, the
-categories kept and this rule, so a second epoch or run reads instead of rendering.
+Instances: annotations are painted largest area first, so an object lying on another (a cup
+on a table) keeps its pixels; crowd regions (``iscrowd``) are ignored (255) where no other
+annotation covers them; pixels no annotation covers are background. Instance masks are
+rendered once and cached as PNGs under ``cache_dir`` (default ``~/.cache/fcnseg/coco``) in a
+folder keyed by the JSON's hash, the categories kept and this rule, so a second epoch or run
+reads instead of rendering. Panoptic: each segment's pixels (id = R + 256 G + 256^2 B in
+its PNG) get its category, crowd segments too (a semantic mask has no instances); pixels of
+no segment (id 0) are void and ignored (255). Reading the PNG costs what reading a cached
+mask would, so panoptic masks are not cached on disk.
 """
 
 from __future__ import annotations
@@ -35,7 +42,7 @@ import numpy as np
 
 from ..errors import DataError
 from .base import SegmentationDataset, Transform
-from .io import read_mask, write_mask
+from .io import read_image, read_mask, write_mask
 from .meta import IGNORE_INDEX, DatasetMeta, voc_colormap
 
 RULE = "largest-first, crowd-ignored, v1"  # part of the cache key: a new rule renders anew
@@ -44,7 +51,8 @@ TOLERANCE = 1.0  # pixels a polygon may stray past the image's edge (rounding in
 
 def build_coco(root: str | Path, split: str = "train", transform: Transform | None = None,
                download: bool = False, annotations: str | None = None,
-               images: str | None = None, categories: str | None = None,
+               images: str | None = None, segments: str | None = None,
+               categories: str | None = None,
                val_fraction: float = 0.2, seed: int = 0, cache: bool = True,
                cache_dir: str | Path | None = None) -> SegmentationDataset:
     """A COCO-annotated data set (see the module docstring for layouts and rules)."""
@@ -64,26 +72,54 @@ def build_coco(root: str | Path, split: str = "train", transform: Transform | No
     digest = hashlib.sha1(ann_file.read_bytes() + repr((kept, RULE)).encode()).hexdigest()[:16]
     store = Path(cache_dir or _default_cache()) / digest
     label = {c: i + 1 for i, c in enumerate(kept)}
+    panoptic = any("segments_info" in a for a in spec.get("annotations", []))
+    png_dir = _under(root, segments) if segments else ann_file.with_suffix("")
     files, records = [], {}
     for im in entries:
         path = image_dir / str(im["file_name"])
         if not path.is_file():
             raise DataError(f"{path}: image {im['id']} of {ann_file} not found (check "
                             "--data-dir or --data-option images=DIR)")
-        mask_path = store / f"{int(im['id'])}.png"
+        anns = by_image.get(int(im["id"]), [])
+        if panoptic and len(anns) != 1:
+            raise DataError(f"{ann_file}: image {im['id']} has {len(anns)} panoptic "
+                            "annotations; each image needs one")
+        mask_path = png_dir / anns[0]["file_name"] if panoptic else \
+            store / f"{int(im['id'])}.png"
         files.append((path, mask_path))
-        records[mask_path] = (im, by_image.get(int(im["id"]), []))
+        records[mask_path] = (im, anns)
 
     def render_or_read(mask_path: Path) -> np.ndarray:
+        im, anns = records[mask_path]
+        if panoptic:
+            return render_panoptic(im, anns[0]["segments_info"], label, mask_path)
         if mask_path.is_file():
             return read_mask(mask_path)
-        im, anns = records[mask_path]
         mask = render(im, anns, label, ann_file)
         write_mask(mask_path, mask, meta.palette)  # atomic: a reader never sees half
         return mask
 
     return SegmentationDataset(files, meta, transform, source=f"{ann_file} ({split})",
                                mask_reader=render_or_read, cache=cache, check_files=False)
+
+
+def render_panoptic(image: dict[str, Any], segments: list[dict[str, Any]],
+                    label: dict[int, int], png: Path) -> np.ndarray:
+    """The ``H x W`` uint8 class-id mask of one image from its panoptic PNG (module rule)."""
+    rgb = read_image(png).astype(np.int64)  # a missing or corrupt PNG: one line naming it
+    h, w = int(image["height"]), int(image["width"])
+    if rgb.shape[:2] != (h, w):
+        raise DataError(f"{png}: {rgb.shape[1]} x {rgb.shape[0]}, but image {image['id']} is "
+                        f"{w} x {h}: it is not that image's segment PNG")
+    ids = rgb[..., 0] + 256 * rgb[..., 1] + 65536 * rgb[..., 2]
+    table = {0: IGNORE_INDEX, **{int(s["id"]): label.get(int(s["category_id"]), 0)
+                                 for s in segments}}
+    found, where = np.unique(ids, return_inverse=True)
+    unknown = [int(i) for i in found if int(i) not in table]
+    if unknown:
+        raise DataError(f"{png}: segment id {unknown[0]} is not in the segments_info of image "
+                        f"{image['id']}: fix the annotation")
+    return np.array([table[int(i)] for i in found], np.uint8)[where].reshape(h, w)
 
 
 def render(image: dict[str, Any], anns: list[dict[str, Any]], label: dict[int, int],
@@ -147,9 +183,12 @@ def _check(source: Path, spec: dict[str, Any], cats: dict[int, str]) -> dict[int
         if int(ann["image_id"]) not in images:
             raise DataError(f"{source}: annotation {ann.get('id')} refers to image id "
                             f"{ann['image_id']}, which the file does not declare")
-        if int(ann["category_id"]) not in cats:
-            raise DataError(f"{source}: annotation {ann.get('id')} has category id "
-                            f"{ann['category_id']}, which the file does not declare")
+        for part in ann.get("segments_info", [ann]):  # a panoptic image's segments
+            if int(part["category_id"]) not in cats:
+                what = (f"segment {part.get('id')} of image {ann['image_id']}"
+                        if "segments_info" in ann else f"annotation {ann.get('id')}")
+                raise DataError(f"{source}: {what} has category id {part['category_id']}, "
+                                "which the file does not declare")
         by_image.setdefault(int(ann["image_id"]), []).append(ann)
     return by_image
 
@@ -169,11 +208,12 @@ def _load(path: Path) -> dict[str, Any]:
 def _annotation_file(root: Path, split: str, given: str | None) -> tuple[Path, bool]:
     """The JSON to read and whether it is the split's own (else it is split by ratio)."""
     if given:
-        path = Path(given) if Path(given).is_absolute() else root / given
+        path = _under(root, given)
         if not path.is_file():
             raise DataError(f"{path}: annotation file not found (--data-option annotations)")
         return path, False
     for path in (root / "annotations" / f"instances_{split}.json",
+                 root / "annotations" / f"panoptic_{split}.json",
                  root / split / "_annotations.coco.json"):
         if path.is_file():
             return path, True
@@ -182,13 +222,19 @@ def _annotation_file(root: Path, split: str, given: str | None) -> tuple[Path, b
     if len(found) == 1:
         return found[0], False
     raise DataError(f"{root}: no COCO annotations for split {split!r}: expected "
-                    f"annotations/instances_{split}.json, {split}/_annotations.coco.json or "
-                    "one annotations.json, or give --data-option annotations=FILE.json")
+                    f"annotations/instances_{split}.json, annotations/panoptic_{split}.json, "
+                    f"{split}/_annotations.coco.json or one annotations.json, or give "
+                    "--data-option annotations=FILE.json")
+
+
+def _under(root: Path, given: str) -> Path:
+    """A ``--data-option`` path: absolute, or under ``--data-dir``."""
+    return Path(given) if Path(given).is_absolute() else root / given
 
 
 def _image_dir(root: Path, split: str, ann_file: Path, given: str | None) -> Path:
     if given:
-        return Path(given) if Path(given).is_absolute() else root / given
+        return _under(root, given)
     for folder in (root / split, root / "images", ann_file.parent):
         if folder.is_dir() and folder != root / "annotations":
             return folder
