@@ -128,6 +128,10 @@ class OpenVinoRuntime:
         self._requests: queue.SimpleQueue = queue.SimpleQueue()
         for _ in range(self.streams):
             self._requests.put(self.compiled.create_infer_request())
+        # One call on this thread before any stream runs: the first numpy view of a request's
+        # tensor initialises pybind11's numpy API inside a static initialiser, and two
+        # streams doing that at once deadlocked (a folder predicted with 2 streams hung).
+        self.labels(np.zeros((1, 3, 32, 32), np.float32))
 
     def _infer(self, x: np.ndarray, output: Any) -> np.ndarray:
         request = self._requests.get()
