@@ -187,4 +187,9 @@ def _video_stream(container: Any, info: VideoInfo) -> Any:
     stream.width, stream.height = info.width, info.height
     even = info.width % 2 == 0 and info.height % 2 == 0
     stream.pix_fmt = "yuv420p" if even or stream.codec_context.name != "libx264" else "yuv444p"
+    if stream.codec_context.name == "libx264":
+        # x264's default preset (medium) took ~12 ms a 480 x 360 frame on one core, as much as
+        # the model; veryfast ~5 ms, and its files were no larger (benchmarks/RESULTS.md).
+        stream.options = {"preset": "veryfast"}
+        stream.codec_context.thread_count = 1  # the model's streams have the cores
     return stream
