@@ -42,15 +42,9 @@ def command(data: Path, out: Path, args: argparse.Namespace, restarts: int) -> l
 
 
 def children(pid: int) -> list[int]:
-    found = []
-    for stat in Path("/proc").glob("[0-9]*/stat"):
-        try:
-            fields = stat.read_text().rsplit(")", 1)[1].split()
-        except OSError:
-            continue
-        if int(fields[1]) == pid:
-            found.append(int(stat.parent.name))
-    return found
+    """The PIDs of ``pid``'s child processes (procps' pgrep): torchrun's workers."""
+    found = subprocess.run(["pgrep", "-P", str(pid)], capture_output=True, text=True)
+    return [int(line) for line in found.stdout.split()]
 
 
 def faulty_run(cmd: list[str], kill_at: int) -> dict:
