@@ -213,7 +213,8 @@ def test_panoptic_segments_become_classes_and_void_is_ignored(tmp_path):
     (lambda s: s["annotations"][0]["segments_info"][0].update(category_id=9),
      "segment 5 of image 0 has category id 9"),
     (lambda s: s["annotations"][0].update(file_name="gone.png"), "gone.png: file not found"),
-    (lambda s: s["annotations"].pop(), "image 2 has 0 panoptic annotations"),
+    (lambda s: s["annotations"].pop(), "image 2 has 0 annotations; a panoptic file needs one"),
+    (lambda s: s["annotations"][1].pop("file_name"), "image 1 has 1 annotations; a panoptic"),
     (lambda s: s["images"][1].update(height=H + 1), "is not that image's segment PNG"),
 ])
 def test_bad_panoptic_annotations_are_one_line(tmp_path, capsys, edit, needle):

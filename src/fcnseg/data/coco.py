@@ -81,10 +81,7 @@ def build_coco(root: str | Path, split: str = "train", transform: Transform | No
             raise DataError(f"{path}: image {im['id']} of {ann_file} not found (check "
                             "--data-dir or --data-option images=DIR)")
         anns = by_image.get(int(im["id"]), [])
-        if panoptic and len(anns) != 1:
-            raise DataError(f"{ann_file}: image {im['id']} has {len(anns)} panoptic "
-                            "annotations; each image needs one")
-        mask_path = png_dir / anns[0]["file_name"] if panoptic else \
+        mask_path = _segments_png(ann_file, im, anns, png_dir) if panoptic else \
             store / f"{int(im['id'])}.png"
         files.append((path, mask_path))
         records[mask_path] = (im, anns)
@@ -101,6 +98,15 @@ def build_coco(root: str | Path, split: str = "train", transform: Transform | No
 
     return SegmentationDataset(files, meta, transform, source=f"{ann_file} ({split})",
                                mask_reader=render_or_read, cache=cache, check_files=False)
+
+
+def _segments_png(source: Path, image: dict[str, Any], anns: list[dict[str, Any]],
+                  png_dir: Path) -> Path:
+    """The segment PNG of an image's one panoptic annotation."""
+    if len(anns) != 1 or "segments_info" not in anns[0] or "file_name" not in anns[0]:
+        raise DataError(f"{source}: image {image['id']} has {len(anns)} annotations; a "
+                        "panoptic file needs one per image, with file_name and segments_info")
+    return png_dir / str(anns[0]["file_name"])
 
 
 def render_panoptic(image: dict[str, Any], segments: list[dict[str, Any]],

@@ -143,6 +143,7 @@ def check_samples(config: dict[str, Any], images: list[np.ndarray],
 
 
 def spread(items: list, count: int) -> list:
+    """``count`` of ``items`` evenly spaced from the first to the last (all if fewer)."""
     if len(items) <= count:
         return items
     return [items[round(i * (len(items) - 1) / (count - 1))] for i in range(count)] \
