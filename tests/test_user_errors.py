@@ -118,3 +118,18 @@ def test_weaker_messages_mended(tmp_path, ckpt, capsys):
     assert main(["predict", "--checkpoint", str(ckpt), str(bad), "--out",
                  str(tmp_path / "o2")]) == 2  # nothing could be predicted: a user error
     assert "bad.png" in capsys.readouterr().err
+
+
+@pytest.mark.parametrize("runtime", ["auto", "onnxruntime", "openvino"])
+def test_an_onnx_file_fcnseg_did_not_export_is_one_line(tmp_path, capsys, runtime):
+    onnx = pytest.importorskip("onnx")
+    if runtime == "openvino":
+        pytest.importorskip("openvino")
+    helper, io = onnx.helper, onnx.TensorProto.FLOAT
+    graph = helper.make_graph([helper.make_node("Relu", ["x"], ["y"])], "g",
+                              [helper.make_tensor_value_info("x", io, [1, 3, 8, 8])],
+                              [helper.make_tensor_value_info("y", io, [1, 3, 8, 8])])
+    onnx.save(helper.make_model(graph), tmp_path / "foreign.onnx")
+    assert main(["predict", "--checkpoint", str(tmp_path / "foreign.onnx"), "--runtime",
+                 runtime, str(_image(tmp_path / "a.png")), "--out", str(tmp_path / "out")]) == 2
+    _one_line_error(capsys, "foreign.onnx has no fcnseg metadata", "fcnseg export")

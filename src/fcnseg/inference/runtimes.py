@@ -108,6 +108,7 @@ class OpenVinoRuntime:
         except (OSError, ValueError) as exc:
             raise CheckpointError(f"{path}: its metadata is unreadable ({first_line(exc)}); "
                                   "export it again with `fcnseg export`") from exc
+        _meta_from(self.metadata, path)  # not an fcnseg export: one line, before compiling
         int8 = self.metadata.get(PRECISION_KEY) == "int8"
         if precision == "auto":  # the same rule as PyTorch's
             precision = auto_precision("cpu")[0]
@@ -131,7 +132,7 @@ class OpenVinoRuntime:
         # One call on this thread before any stream runs: the first numpy view of a request's
         # tensor initialises pybind11's numpy API inside a static initialiser, and two
         # streams doing that at once deadlocked (a folder predicted with 2 streams hung).
-        self.labels(np.zeros((1, 3, 32, 32), np.float32))
+        self.labels(np.zeros((1, 3, 32, 32), np.float32))  # an fcnseg export: any N, H, W
 
     def _infer(self, x: np.ndarray, output: Any) -> np.ndarray:
         request = self._requests.get()
