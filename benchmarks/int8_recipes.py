@@ -57,12 +57,14 @@ def quantize(fp32: Path, out: Path, images: list[np.ndarray], recipe: str) -> fl
     return time.perf_counter() - start
 
 
-def score(path: Path, samples: list, meta) -> tuple[list[np.ndarray], float, float]:
-    """OpenVINO's masks of ``samples``, their mIoU and images/s."""
+def score(path: Path, samples: list, meta, precision: str = "auto"
+          ) -> tuple[list[np.ndarray], float, float]:
+    """OpenVINO's masks of ``samples``, their mIoU and images/s (the fp32 reference in fp32
+    even where ``auto`` would pick bf16; an int8 file as users run it)."""
     from fcnseg import Predictor
     from fcnseg.metrics import ConfusionMatrix
 
-    p = Predictor.from_file(path, runtime="openvino")
+    p = Predictor.from_file(path, runtime="openvino", precision=precision)
     p.predict(samples[0][0])
     start = time.perf_counter()
     masks = [p.predict(image) for image, _ in samples]
@@ -98,7 +100,7 @@ def main() -> None:
     with tempfile.TemporaryDirectory() as tmp:
         fp32 = Path(tmp) / "fp32.onnx"
         export_onnx(args.checkpoint, fp32, progress=lambda *_: None)
-        ref, ref_miou, ref_rate = score(fp32, samples, val.meta)
+        ref, ref_miou, ref_rate = score(fp32, samples, val.meta, "fp32")
         print(f"fp32: mIoU {ref_miou:.4f} on {len(samples)} unseen images, {ref_rate:.1f} img/s")
         for recipe in args.recipes:
             count = 128 if recipe.endswith("+cal128") else 32

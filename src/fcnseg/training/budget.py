@@ -197,9 +197,10 @@ class TimeBudget:
             plan["epochs"] = new
             if self.info.is_main:
                 save_plan(self.run_dir, plan)
-                tqdm.write(f"time budget: epochs take {epoch_s:.0f} s, not the "
-                           f"{plan['seconds_per_epoch']:.0f} s planned; the run now ends after "
-                           f"epoch {new} (was {epochs}), its lr schedule with it")
+                tqdm.write(f"time budget: {self.elapsed():.0f} s used after epoch {epochs_done}"
+                           f", epochs now take {epoch_s:.1f} s (planned "
+                           f"{plan['seconds_per_epoch']:.1f} s); the run now ends after epoch "
+                           f"{new} (was {epochs}), its lr schedule with it")
         return new
 
 
