@@ -107,7 +107,7 @@ def _judge(runtime: Any, samples: list[tuple[np.ndarray, Any]], refs: list[torch
 
 
 def calibration_images(config: dict[str, Any], folder: str | Path | None,
-                        count: int) -> list[np.ndarray]:
+                       count: int) -> list[np.ndarray]:
     """``count`` images spread over ``folder`` or the checkpoint's training split."""
     if folder is not None:
         files, _ = collect_inputs([str(folder)])
@@ -127,7 +127,7 @@ def calibration_images(config: dict[str, Any], folder: str | Path | None,
 
 
 def check_samples(config: dict[str, Any], images: list[np.ndarray],
-                   count: int) -> list[tuple[np.ndarray, Any]]:
+                  count: int) -> list[tuple[np.ndarray, Any]]:
     """``count`` (image, mask) pairs of the checkpoint's validation split; without one,
     the calibration images, unlabelled."""
     if config.get("dataset") and config.get("data_dir"):
