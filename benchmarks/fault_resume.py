@@ -86,7 +86,8 @@ def main() -> None:
     parser.add_argument("--epochs", type=int, default=3)
     parser.add_argument("--checkpoint-every", type=int, default=10)
     parser.add_argument("--kill-at", type=int, default=45, help="kill a worker at this step")
-    parser.add_argument("--json", type=Path, default=Path("benchmarks/out/fault_resume.json"))
+    parser.add_argument("--json", type=Path,  # benchmarks/out/, wherever it is run from
+                        default=Path(__file__).resolve().parent / "out" / "fault_resume.json")
     args = parser.parse_args()
     with tempfile.TemporaryDirectory() as tmp:
         tmp = Path(tmp)

@@ -62,7 +62,8 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--checkpoint", required=True)
     parser.add_argument("--mb", type=int, default=400, help="MiB of chunks to offer")
-    parser.add_argument("--json", type=Path, default=Path("benchmarks/out/serve_bypass.json"))
+    parser.add_argument("--json", type=Path,  # benchmarks/out/, wherever it is run from
+                        default=Path(__file__).resolve().parent / "out" / "serve_bypass.json")
     args = parser.parse_args()
     server, base = start(["--checkpoint", args.checkpoint], [])
     peak = [0.0]
