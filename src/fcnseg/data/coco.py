@@ -58,7 +58,7 @@ def build_coco(root: str | Path, split: str = "train", transform: Transform | No
     """A COCO-annotated data set (see the module docstring for layouts and rules)."""
     root = Path(root)
     ann_file, own = _annotation_file(root, split, annotations)
-    spec = _load(ann_file)
+    raw, spec = _load(ann_file)
     image_dir = _image_dir(root, split, ann_file, images)
     cats = {int(c["id"]): str(c["name"]) for c in spec.get("categories", [])}
     kept = _kept_categories(ann_file, cats, categories)
@@ -69,11 +69,13 @@ def build_coco(root: str | Path, split: str = "train", transform: Transform | No
     entries = sorted(spec["images"], key=lambda im: int(im["id"]))
     if not own:
         entries = _split(entries, split, val_fraction, seed, ann_file)
-    digest = hashlib.sha1(ann_file.read_bytes() + repr((kept, RULE)).encode()).hexdigest()[:16]
-    store = Path(cache_dir or _default_cache()) / digest
     label = {c: i + 1 for i, c in enumerate(kept)}
     panoptic = any("segments_info" in a for a in spec.get("annotations", []))
-    png_dir = _under(root, segments) if segments else ann_file.with_suffix("")
+    if panoptic:
+        png_dir = _under(root, segments) if segments else ann_file.with_suffix("")
+    else:  # rendered masks are cached by the JSON's bytes, the categories kept and the rule
+        digest = hashlib.sha1(raw + repr((kept, RULE)).encode()).hexdigest()[:16]
+        store = Path(cache_dir or _default_cache()) / digest
     files, records = [], {}
     for im in entries:
         path = image_dir / str(im["file_name"])
@@ -199,16 +201,18 @@ def _check(source: Path, spec: dict[str, Any], cats: dict[int, str]) -> dict[int
     return by_image
 
 
-def _load(path: Path) -> dict[str, Any]:
+def _load(path: Path) -> tuple[bytes, dict[str, Any]]:
+    """The JSON's bytes (read once: they key the mask cache) and what they hold, checked."""
     try:
-        spec = json.loads(path.read_text())
+        raw = path.read_bytes()
+        spec = json.loads(raw)
         for im in spec["images"]:
             int(im["id"]), int(im["height"]), int(im["width"]), str(im["file_name"])
     except (OSError, ValueError, KeyError, TypeError) as exc:
         raise DataError(f"{path}: not a COCO annotation file ({exc}): it needs 'images' "
                         "(id, file_name, height, width), 'annotations' and 'categories'") \
             from exc
-    return spec
+    return raw, spec
 
 
 def _annotation_file(root: Path, split: str, given: str | None) -> tuple[Path, bool]:
