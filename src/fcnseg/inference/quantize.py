@@ -57,15 +57,15 @@ def check_int8(deployable: nn.Module, path: Path, samples: list[tuple[np.ndarray
                     if "miou_drop" in q else " (no masks: mIoU not compared)"))
     failing = [(name, q) for name, q in judged.items()
                if q.get("miou_drop", 0.0) > max_drop or q["agreement"] < INT8_MIN_AGREEMENT]
-    name, worst = failing[0] if failing else max(
-        judged.items(), key=lambda kv: (kv[1].get("miou_drop", 0.0), -kv[1]["agreement"]))
     if failing:
+        name, q = failing[0]
         raise FcnsegError(
             f"the int8 export is not good enough on {name}: mIoU "
-            f"{worst.get('miou_drop', 0.0):+.4f} below fp32 (at most {max_drop}), "
-            f"{100 * worst['agreement']:.2f} % of pixels agree (at least "
+            f"{q.get('miou_drop', 0.0):+.4f} below fp32 (at most {max_drop}), "
+            f"{100 * q['agreement']:.2f} % of pixels agree (at least "
             f"{100 * INT8_MIN_AGREEMENT:.0f} %); nothing was written: export fp32, or "
             "calibrate on more images like the model's (--calibration-size)")
+    worst = max(judged.values(), key=lambda q: (q.get("miou_drop", 0.0), -q["agreement"]))
     return {"images": len(samples), **worst, "runtimes": judged}
 
 
