@@ -95,9 +95,12 @@ def test_lovasz_softmax_gradient_and_edge_cases():
 def test_build_loss():
     logits, target = torch.randn(2, 3, 5, 5), torch.randint(0, 3, (2, 5, 5))
     assert torch.equal(build_loss("ce")(logits, target), segmentation_loss(logits, target))
-    both = build_loss("ce+lovasz")(logits, target)
-    assert both.item() == pytest.approx(
-        (segmentation_loss(logits, target) + lovasz_softmax(logits, target)).item())
+    logits.requires_grad_()
+    both = build_loss("ce+lovasz")(logits, target)  # one log-softmax for both terms
+    (grad,) = torch.autograd.grad(both, logits)
+    apart = segmentation_loss(logits, target) + lovasz_softmax(logits, target)
+    assert both.item() == pytest.approx(apart.item())
+    torch.testing.assert_close(grad, torch.autograd.grad(apart, logits)[0])
     with pytest.raises(KeyError, match="ce, ce\\+lovasz"):
         build_loss("dice")
 
