@@ -62,6 +62,11 @@ def test_one_precision_table_and_one_auto_rule(monkeypatch):
         monkeypatch.setattr(device, "cpu_has_fast_bf16", lambda fast=fast: fast)
         assert device.resolve_precision(torch.device("cpu"))[0] == dtype
         assert device.auto_precision("cpu")[0] == ("bf16" if fast else "fp32")
+        # training depthwise convolutions (EfficientNet-Lite) on a CPU: fp32, even there
+        assert device.resolve_precision(torch.device("cpu"), "auto", depthwise_training=True)[0] \
+            == torch.float32
+        assert device.resolve_precision(torch.device("cpu"), "bf16", depthwise_training=True)[0] \
+            == torch.bfloat16  # asked for
 
 
 @pytest.mark.parametrize("name", ["torch", "onnxruntime", "openvino"])

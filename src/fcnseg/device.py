@@ -24,7 +24,8 @@ if TYPE_CHECKING:
 # training, PyTorch inference and OpenVINO alike; int8 is an exported file's precision
 # (`fcnseg export --int8`), never an autocast, so training takes the others.
 PRECISIONS = {
-    "auto": "bf16 where the device computes it fast (AMX/AVX512-BF16, CUDA), else fp32",
+    "auto": "bf16 where the device computes it fast (AMX/AVX512-BF16, CUDA; not to train "
+            "depthwise convolutions on a CPU), else fp32",
     "fp32": "fp32",
     "bf16": "bf16 autocast",
     "fp16": "fp16 autocast with gradient scaling",
@@ -70,22 +71,30 @@ def cpu_has_fast_bf16() -> bool:
                for check in ("_is_amx_tile_supported", "_is_avx512_bf16_supported"))
 
 
-def auto_precision(device_type: str = "cpu") -> tuple[str, str]:
+def auto_precision(device_type: str = "cpu", depthwise_training: bool = False) -> tuple[str, str]:
     """What ``precision="auto"`` means on ``device_type``: ``(precision, reason)``. CUDA
-    without bf16 gets fp16 with gradient scaling."""
+    without bf16 gets fp16 with gradient scaling; training a body of depthwise convolutions
+    (EfficientNet-Lite) on a CPU gets fp32."""
     if device_type == "cuda":
         import torch
 
         if torch.cuda.is_bf16_supported():
             return "bf16", "bf16 autocast (CUDA device supports bf16)"
         return "fp16", "fp16 autocast with gradient scaling (CUDA without bf16)"
+    if cpu_has_fast_bf16() and depthwise_training:
+        # oneDNN's bf16 backward of depthwise convolutions is slower than its fp32 one: a
+        # Lite0 CamVid epoch ran 1.2x faster in fp32 on a Xeon with AMX (RESULTS.md).
+        return "fp32", "fp32 (bf16 would train this body's depthwise convolutions slower)"
     if cpu_has_fast_bf16():
         return "bf16", "bf16 autocast (CPU has AMX / AVX512-BF16)"
     return "fp32", "fp32 (this CPU has no AMX / AVX512-BF16, where bf16 would be slower)"
 
 
-def resolve_precision(device: torch.device, precision: str = "auto") -> tuple[torch.dtype, str]:
+def resolve_precision(device: torch.device, precision: str = "auto",
+                      depthwise_training: bool = False) -> tuple[torch.dtype, str]:
     """Pick the autocast dtype for ``device``; returns ``(dtype, human-readable reason)``.
+    ``depthwise_training``: for training a body of depthwise convolutions (see
+    :func:`auto_precision`).
 
     ``torch.float32`` means: no autocast.
     """
@@ -94,7 +103,7 @@ def resolve_precision(device: torch.device, precision: str = "auto") -> tuple[to
     if precision not in TRAINING_PRECISIONS:
         raise UnknownNameError("precision", precision, TRAINING_PRECISIONS)
     if precision == "auto":
-        precision, reason = auto_precision(device.type)
+        precision, reason = auto_precision(device.type, depthwise_training)
     else:
         reason = f"{PRECISIONS[precision]} (asked for)"
     if precision == "fp16" and device.type != "cuda":

@@ -57,6 +57,12 @@ class BackboneSpec:
     def is_lite(self) -> bool:
         return self.builder == "lite"
 
+    @property
+    def depthwise(self) -> bool:
+        """Built on depthwise convolutions (the Lite bodies), whose bf16 backward pass is
+        slower than fp32 on CPUs."""
+        return self.is_lite
+
 
 def tiny_resnet(weights: None = None, widths: tuple[int, ...] = (8, 16, 32, 64)) -> nn.Module:
     """A ResNet with one BasicBlock per stage and widths 8-64: ~0.2 MB of weights, the same

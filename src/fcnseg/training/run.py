@@ -31,6 +31,7 @@ from ..device import resolve_precision
 from ..distributed import DistInfo, barrier, per_rank_batch, unwrap
 from ..errors import CheckpointError, DataError, FcnsegError
 from ..models import build_model
+from ..models.backbones import get_spec
 from .budget import TimeBudget
 from .config import TrainConfig
 from .loader import EpochBatchSampler, build_train_val_data
@@ -145,7 +146,8 @@ def build_run(config: TrainConfig, info: DistInfo, budget: TimeBudget,
     random.seed(config.seed)
     np.random.seed(config.seed)
     torch.manual_seed(config.seed)
-    dtype, precision = resolve_precision(info.device, config.precision)
+    dtype, precision = resolve_precision(info.device, config.precision,
+                                         depthwise_training=get_spec(config.backbone).depthwise)
     if not info.is_main:  # rank 0 first: it may generate or cache the data the others read
         barrier(info)
     meta, train_ds, val_ds = build_train_val_data(config)
