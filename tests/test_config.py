@@ -11,7 +11,14 @@ import pytest
 
 from fcnseg.cli import main
 from fcnseg.errors import FcnsegError
-from fcnseg.training.config import RECIPES, TrainConfig, load_toml, resolve_config, to_toml
+from fcnseg.training.config import (
+    CHOICES,
+    RECIPES,
+    TrainConfig,
+    load_toml,
+    resolve_config,
+    to_toml,
+)
 from fcnseg.training.settings import rule_of
 
 
@@ -129,7 +136,8 @@ def _wrong_values(f: dataclasses.Field, hint: Any) -> list[tuple[str, list[str],
         cases.append(("type", [], f"{key} = 5"))
     bad: Any = None
     if rule.choices or rule.pattern:
-        bad = "nope" if rule.choices else ""
+        bad = "" if not rule.choices else max(CHOICES[rule.choices]) + 1 if kind is int \
+            else "nope"
     elif rule.low is not None or rule.above is not None:
         bad = rule.low - 1 if rule.low is not None else rule.above
     elif rule.high is not None or rule.below is not None:

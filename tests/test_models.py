@@ -9,6 +9,7 @@ from torch import nn
 import fcnseg
 from fcnseg.errors import FcnsegError, UnknownNameError
 from fcnseg.models import BACKBONES, FCN, MODELS, bilinear_kernel, build_model
+from fcnseg.models.backbones import early_layers
 
 
 def test_top_level_exports():
@@ -123,6 +124,40 @@ def test_frozen_and_xavier_upsampling():
     torch.manual_seed(0)
     xavier = build_model("fcn32s", 3, upsample_init="xavier")
     assert not torch.allclose(xavier.upsample.weight, bilinear_kernel(3, 3, 64))
+
+
+@pytest.mark.parametrize("backbone", ["resnet18", "efficientnet_lite0"])
+def test_freezing_the_early_backbone_layers(backbone):
+    torch.manual_seed(0)
+    model = build_model("fcn8s", 3, backbone=backbone)
+    keys = list(model.state_dict())
+    assert model.freeze_backbone(4) > 0
+    frozen = {id(p) for module in model.frozen_layers for p in module.parameters()}
+    stats = {k: v.clone() for k, v in model.state_dict().items() if "running_mean" in k}
+    model.train()  # the frozen layers stay in eval mode: their statistics do not move
+    assert model.backbone.training and not any(m.training for m in model.frozen_layers)
+    model(torch.rand(2, 3, 64, 64))["out"].sum().backward()
+    for name, p in model.named_parameters():
+        assert (p.grad is None) == (id(p) in frozen), name
+    moved = [k for k, v in stats.items() if not torch.equal(v, model.state_dict()[k])]
+    assert moved and all(not k.startswith(("backbone.conv1", "backbone.layer1.",
+                                           "backbone.features.conv_stem", "backbone.features.bn1",
+                                           "backbone.features.blocks.0.",
+                                           "backbone.features.blocks.1.")) for k in moved)
+    assert list(model.state_dict()) == keys  # checkpoints load either way
+    model.freeze_backbone(0)  # a second call replaces the first
+    assert all(p.requires_grad for p in model.parameters())
+    assert model.train().backbone.features.bn1.training if backbone != "resnet18" else \
+        model.train().backbone.bn1.training
+
+
+@pytest.mark.parametrize("backbone", ["resnet18", "efficientnet_lite0"])
+def test_early_layers_end_at_their_stride(backbone):
+    body = build_model("fcn8s", 3, backbone=backbone).backbone.eval()
+    for stride in (2, 4, 8):  # run in order, the layers take a 64 px input to 64 / stride
+        with torch.no_grad():
+            out = nn.Sequential(*early_layers(body, stride))(torch.rand(1, 3, 64, 64))
+        assert out.shape[-1] == 64 // stride
 
 
 def test_channels_last_and_bf16_autocast_on_cpu():

@@ -332,3 +332,32 @@ def test_last_pt_is_written_once_an_epoch_and_even_when_validation_fails(data_di
     with pytest.raises(RuntimeError):
         fit(_config(data_dir, tmp_path / "broken", epochs=2, val_every=1))
     assert load_checkpoint(tmp_path / "broken" / "last.pt")["epoch"] == 1  # training kept
+
+
+def test_freeze_stride_keeps_the_loaded_early_layers(data_dir, tmp_path):
+    from conftest import quick_flags
+    from fcnseg.models.backbones import tiny_resnet
+
+    torch.manual_seed(1)
+    body = tiny_resnet().state_dict()
+    torch.save(body, tmp_path / "body.pt")
+    assert main(["train", *quick_flags(data_dir, tmp_path / "run", "--freeze-stride", "4",
+                                       "--backbone-weights", str(tmp_path / "body.pt"),
+                                       "--epochs", "1")]) == 0
+    trained = _weights(tmp_path / "run" / "last.pt")
+    for key, start in body.items():
+        # conv1, bn1 and layer1 (stride <= 4) keep their weights and BatchNorm statistics;
+        # the rest learns.
+        frozen = key.startswith(("conv1.", "bn1.", "layer1."))
+        if frozen or not key.endswith("num_batches_tracked"):
+            assert torch.equal(trained[f"backbone.{key}"], start) == frozen, key
+
+
+def test_random_layers_are_never_frozen(data_dir, tmp_path):
+    from conftest import quick_flags
+
+    for stride in ("0", "8"):
+        assert main(["train", *quick_flags(data_dir, tmp_path / stride, "--freeze-stride",
+                                           stride, "--epochs", "1")]) == 0
+    a, b = (_weights(tmp_path / s / "last.pt") for s in ("0", "8"))
+    assert all(torch.equal(a[k], b[k]) for k in a)  # --no-pretrained: the same run

@@ -32,7 +32,7 @@ def _help(f: dataclasses.Field) -> str:
     """A setting's help: its text, then its choices or range and its default (per recipe
     where the recipes differ)."""
     rule = rule_of(f)
-    notes = [f"one of {', '.join(CHOICES[rule.choices])}"] if rule.choices else []
+    notes = [f"one of {', '.join(map(str, CHOICES[rule.choices]))}"] if rule.choices else []
     notes += [rule.describe()] if rule.describe() else []
     default = f.default_factory() if callable(f.default_factory) else f.default
     shown = {name: _show(recipe.get(f.name, default)) for name, recipe in RECIPES.items()}

@@ -5,7 +5,7 @@ from __future__ import annotations
 from pathlib import Path
 
 from ..errors import UnknownNameError
-from .backbones import BACKBONES, build_backbone
+from .backbones import BACKBONES, FREEZE_STRIDES, build_backbone
 from .batchnorm import fold_batchnorm
 from .fcn import FCN
 from .upsampling import (
@@ -56,6 +56,7 @@ def build_model(
 
 __all__ = [
     "BACKBONES",
+    "FREEZE_STRIDES",
     "FCN",
     "MODELS",
     "fold_batchnorm",

@@ -228,6 +228,32 @@ def build_backbone(
     return body, channels
 
 
+# Strides up to which a backbone's early layers can be frozen (0: none; 8: everything before
+# the stride-16 stage, which the FCN-8s skip still reads).
+FREEZE_STRIDES = (0, 2, 4, 8)
+# The stride at which each module of a torchvision ResNet body runs (its output's stride).
+_RESNET_STRIDES = {"conv1": 2, "bn1": 2, "relu": 2, "maxpool": 4, "layer1": 4, "layer2": 8,
+                   "layer3": 16, "layer4": 32}
+
+
+def early_layers(body: nn.Module, stride: int) -> list[nn.Module]:
+    """The modules of a backbone ``body`` whose outputs have a stride of at most ``stride``:
+    the high-resolution layers next to the input (stem, then stages), in order."""
+    if isinstance(body, LiteBody):
+        features = body.features
+        layers, reduction = [], 2  # the stem conv has stride 2
+        if reduction <= stride:
+            layers += [features.conv_stem, features.bn1]
+        for stage in features.blocks:
+            reduction *= stage[0].conv_dw.stride[0]
+            if reduction > stride:
+                break
+            layers.append(stage)
+        return layers
+    return [module for name, module in body.named_children()
+            if _RESNET_STRIDES.get(name, 64) <= stride]
+
+
 def normalization(name: str) -> tuple[tuple[float, ...], tuple[float, ...]]:
     """``(mean, std)`` of 0-1 pixels that backbone ``name``'s ImageNet weights expect."""
     spec = get_spec(name)

@@ -22,7 +22,7 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from ..errors import FcnsegError
-from .backbones import build_backbone
+from .backbones import build_backbone, early_layers
 from .upsampling import upsampler
 
 OUTPUT_STRIDES = (32, 16, 8)
@@ -77,6 +77,32 @@ class FCN(nn.Module):
             self.up16to8 = up2()
         # Kernel 2s, stride s, padding s/2: exactly s times larger.
         self.upsample = upsampler(num_classes, output_stride, upsample_init, learnable_upsample)
+        self.frozen_layers: list[nn.Module] = []
+
+    def freeze_backbone(self, stride: int) -> int:
+        """Keep the backbone's layers up to ``stride`` (2, 4 or 8; 0: none) as they are:
+        no gradients, BatchNorm statistics fixed (eval mode, whatever ``train()`` says).
+
+        These high-resolution layers cost a third of a training step, and ImageNet's edge and
+        texture filters serve segmentation as they are (as detectron2's ``FREEZE_AT`` and
+        torchvision's ``trainable_backbone_layers`` keep them). Returns the number of
+        parameters frozen. The state dict is unchanged.
+        """
+        for p in (p for module in self.frozen_layers for p in module.parameters()):
+            p.requires_grad_(True)  # a second call replaces the first
+        self.frozen_layers = early_layers(self.backbone, stride) if stride else []
+        params = [p for module in self.frozen_layers for p in module.parameters()]
+        for p in params:
+            p.requires_grad_(False)
+        self.train(self.training)
+        return sum(p.numel() for p in params)
+
+    def train(self, mode: bool = True) -> FCN:
+        """As ``nn.Module.train``, except that frozen layers stay in eval mode."""
+        super().train(mode)
+        for module in self.frozen_layers:
+            module.eval()
+        return self
 
     def forward(self, x: Tensor) -> dict[str, Tensor]:
         """Class scores ``{"out": N x num_classes x H x W}`` at the input's resolution."""

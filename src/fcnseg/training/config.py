@@ -19,7 +19,7 @@ from ..data import DATASETS
 from ..device import TRAIN_BYTES_PER_PIXEL, TRAINING_PRECISIONS, available_memory
 from ..errors import FcnsegError
 from ..inference.tiling import DEFAULT_TILE
-from ..models import BACKBONES, MODELS, UPSAMPLE_INITS
+from ..models import BACKBONES, FREEZE_STRIDES, MODELS, UPSAMPLE_INITS
 from .losses import LOSSES
 from .optim import CLASS_WEIGHTS, OPTIMIZERS, SCHEDULES
 from .settings import COMMAND_LINE, check, name_in, rule_of, said, setting, typed
@@ -31,11 +31,11 @@ else:  # pragma: no cover - Python 3.10
 
 # Valid values of the enumerated options, from the registries that own them; checked by
 # TrainConfig.validate() and listed by `fcnseg train --help`.
-CHOICES: dict[str, tuple[str, ...]] = {
+CHOICES: dict[str, tuple[Any, ...]] = {
     "dataset": tuple(DATASETS), "model": tuple(MODELS), "backbone": tuple(BACKBONES),
     "optimizer": tuple(OPTIMIZERS), "schedule": tuple(SCHEDULES),
     "upsample_init": UPSAMPLE_INITS, "class_weights": CLASS_WEIGHTS, "loss": tuple(LOSSES),
-    "precision": TRAINING_PRECISIONS,
+    "precision": TRAINING_PRECISIONS, "freeze_stride": FREEZE_STRIDES,
 }
 
 # Recipes: named differences from the dataclass defaults, which *are* fcnseg's recipe.
@@ -51,12 +51,13 @@ RECIPES: dict[str, dict[str, Any]] = {
         "epochs": 5, "crop": list(DEFAULT_TILE), "scale": [1.0, 1.0], "flip": False,
         "color_jitter": 0.0, "schedule": "constant", "warmup_iters": 0, "loss": "ce",
         "boundary_weight": 0.0, "ema": 0.0, "channels_last": False, "precision": "fp32",
+        "freeze_stride": 0,
     },
 }
 DEFAULT_RECIPE = "fcnseg"
 CHOICES["recipe"] = tuple(RECIPES)
 # Settings added after the first release, with the value that runs saved before them used.
-SINCE: dict[str, Any] = {"backbone_lr": 1.0}
+SINCE: dict[str, Any] = {"backbone_lr": 1.0, "freeze_stride": 0}
 
 
 @dataclass
@@ -90,6 +91,12 @@ class TrainConfig:
     backbone_weights: str | None = setting(None, "a backbone weights file", group="model",
                                            pattern=r".+", metavar="PATH")
     upsample_init: str = setting("bilinear", "", group="model", choices="upsample_init")
+    # The layers at strides 2-8 cost a third of a step and, kept as ImageNet trained them,
+    # scored as well on an unseen CamVid drive (benchmarks/RESULTS.md, "Training speed").
+    freeze_stride: int = setting(
+        8, "keep the pretrained backbone's layers up to this stride fixed (no gradients, "
+        "ImageNet BatchNorm statistics); 0: train them all; nothing is frozen with "
+        "--no-pretrained", group="model", choices="freeze_stride", metavar="STRIDE")
     # optimisation: AdamW + poly after a linear warm-up, CE + Lovasz-softmax with boundary
     # pixels weighted (benchmarks/RESULTS.md, "Accuracy").
     epochs: int = setting(30, "", group="optimisation", low=1)

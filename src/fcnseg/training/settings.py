@@ -135,7 +135,7 @@ def check(key: str, value: Any, rule: Rule, source: str,
     what = said(key, value, source)
     if rule.choices is not None and value not in choices[rule.choices]:
         raise FcnsegError(f"{what}: unknown {key.replace('_', '-')}: choose one of "
-                          f"{', '.join(choices[rule.choices])}")
+                          f"{', '.join(map(str, choices[rule.choices]))}")
     if rule.pattern is not None and value is not None \
             and not re.fullmatch(rule.pattern, value):
         problem = "empty" if value == "" else "not valid"

@@ -31,6 +31,7 @@ from ..distributed import (
     rank_and_world,
     setup_distributed,
     sync_buffers,
+    unwrap,
 )
 from ..fileio import atomic_write_text
 from ..inference import Predictor
@@ -253,6 +254,8 @@ def _describe(run: Run) -> str:
     val = len(run.val_ds) if run.val_ds is not None else 0
     average = f", weight average {config.ema}" if run.average is not None else ""
     layout = "channels_last" if config.channels_last else "NCHW"
+    if unwrap(run.model).frozen_layers:
+        average += f", backbone fixed up to stride {config.freeze_stride}"
     return (f"fcnseg train: {config.model}/{config.backbone}, {run.meta.num_classes} classes, "
             f"{len(run.train_ds)} train / {val} val images, batch {config.batch_size}{per}, "
             f"{run.steps_per_epoch} steps/epoch, device {run.device}, precision "
