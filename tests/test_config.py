@@ -40,6 +40,7 @@ def test_default_recipe_differs_from_d2l():
     assert (d2l.loss, d2l.boundary_weight) == ("ce", 0.0)  # the chapter's plain cross entropy
     assert set(RECIPES) >= {"d2l", "fcnseg"}
     assert c.color_jitter > 0 and d2l.color_jitter == 0.0  # the chapter has no photometric aug
+    assert (c.freeze_stride, d2l.freeze_stride) == (4, 0)  # the chapter trains every layer
 
 
 def test_train_help_reads_each_recipes_values(capsys):

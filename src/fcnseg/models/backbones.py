@@ -228,8 +228,8 @@ def build_backbone(
     return body, channels
 
 
-# Strides up to which a backbone's early layers can be frozen (0: none; 8: everything before
-# the stride-16 stage, which the FCN-8s skip still reads).
+# Strides up to which a backbone's early layers can be frozen (0: none; 8: the stem and every
+# stage before the stride-16 one, whose fixed stride-8 features FCN-8s still scores).
 FREEZE_STRIDES = (0, 2, 4, 8)
 # The stride at which each module of a torchvision ResNet body runs (its output's stride).
 _RESNET_STRIDES = {"conv1": 2, "bn1": 2, "relu": 2, "maxpool": 4, "layer1": 4, "layer2": 8,

@@ -20,9 +20,8 @@ from ..data.meta import IGNORE_INDEX
 from ..errors import UnknownNameError
 
 # name -> the extra term added to the (weighted) cross entropy, a function of the fp32
-# log-probabilities that the cross entropy has computed (one log-softmax for both terms: its
-# forward and backward passes over the full-size scores cost ~10 % of a CamVid step on AVX2);
-# the one list of losses
+# log-probabilities the cross entropy has computed (one log-softmax for both terms, not a
+# log-softmax and a softmax: 11 % off the loss of a CamVid batch); the one list of losses
 LOSSES: dict[str, Callable[[torch.Tensor, torch.Tensor, int], torch.Tensor] | None] = {
     "ce": None,
     "ce+lovasz": lambda log_probs, target, ignore: _lovasz(log_probs.exp(), target, ignore),
