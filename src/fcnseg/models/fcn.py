@@ -83,10 +83,11 @@ class FCN(nn.Module):
         """Keep the backbone's layers up to ``stride`` (2, 4 or 8; 0: none) as they are:
         no gradients, BatchNorm statistics fixed (eval mode, whatever ``train()`` says).
 
-        These high-resolution layers cost a third of a training step, and ImageNet's edge and
-        texture filters serve segmentation as they are (as detectron2's ``FREEZE_AT`` and
-        torchvision's ``trainable_backbone_layers`` keep them). Returns the number of
-        parameters frozen. The state dict is unchanged.
+        These high-resolution layers cost a quarter (up to stride 4) to a third (up to 8)
+        of a training step, and ImageNet's edge and texture filters serve segmentation much
+        as they are (detectron2's ``FREEZE_AT`` and torchvision's
+        ``trainable_backbone_layers`` keep them too). Returns the number of parameters
+        frozen. The state dict is unchanged.
         """
         for p in (p for module in self.frozen_layers for p in module.parameters()):
             p.requires_grad_(True)  # a second call replaces the first
