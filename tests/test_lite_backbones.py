@@ -136,7 +136,8 @@ def test_a_lite_run_carries_its_normalisation_resumes_exactly_and_predicts(shape
     groups = a["optimizer"]["param_groups"]
     assert [g["lr"] / groups[-1]["lr"] for g in groups] == pytest.approx([0.5, 1.0])
     assert len(param_groups(full.model, 0.5, 1.0)[0]["params"]) == len(
-        list(full.model.backbone.parameters()))
+        [p for p in full.model.backbone.parameters() if p.requires_grad])  # frozen ones: no group
+    assert full.model.frozen_layers  # the recipe's freeze, and it resumed the same
     image = np.random.default_rng(0).integers(0, 256, (40, 56, 3), dtype=np.uint8)
     x = (torch.from_numpy(image).permute(2, 0, 1).float() / 255
          - torch.tensor(lite.LITE_MEAN).view(3, 1, 1)) / torch.tensor(lite.LITE_STD).view(3, 1, 1)
