@@ -20,8 +20,8 @@ from ..data.meta import IGNORE_INDEX
 from ..errors import UnknownNameError
 
 # name -> the extra term added to the (weighted) cross entropy, a function of the fp32
-# log-probabilities the cross entropy has computed (one log-softmax for both terms, not a
-# log-softmax and a softmax: 11 % off the loss of a CamVid batch); the one list of losses
+# log-probabilities the cross entropy has computed (one log-softmax over the full-size
+# scores for both terms, not a log-softmax and a softmax); the one list of losses
 LOSSES: dict[str, Callable[[torch.Tensor, torch.Tensor, int], torch.Tensor] | None] = {
     "ce": None,
     "ce+lovasz": lambda log_probs, target, ignore: _lovasz(log_probs.exp(), target, ignore),
