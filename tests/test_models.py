@@ -140,15 +140,15 @@ def test_freezing_the_early_backbone_layers(backbone):
     for name, p in model.named_parameters():
         assert (p.grad is None) == (id(p) in frozen), name
     moved = [k for k, v in stats.items() if not torch.equal(v, model.state_dict()[k])]
-    assert moved and all(not k.startswith(("backbone.conv1", "backbone.layer1.",
+    assert moved and all(not k.startswith(("backbone.bn1.", "backbone.layer1.",
                                            "backbone.features.conv_stem", "backbone.features.bn1",
                                            "backbone.features.blocks.0.",
                                            "backbone.features.blocks.1.")) for k in moved)
     assert list(model.state_dict()) == keys  # checkpoints load either way
     model.freeze_backbone(0)  # a second call replaces the first
     assert all(p.requires_grad for p in model.parameters())
-    assert model.train().backbone.features.bn1.training if backbone != "resnet18" else \
-        model.train().backbone.bn1.training
+    stem_bn = model.backbone.bn1 if backbone == "resnet18" else model.backbone.features.bn1
+    assert model.train() is model and stem_bn.training
 
 
 @pytest.mark.parametrize("backbone", ["resnet18", "efficientnet_lite0"])
