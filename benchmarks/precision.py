@@ -4,8 +4,8 @@ For each backbone, FCN-8s with 11 classes, channels-last, in one process:
 
 * inference: one 360 x 480 image at a time, BatchNorm folded, ``torch.inference_mode``;
 * training: a step of 8 crops of 256 x 320 (cross entropy + Lovász-softmax with boundary
-  weights, fused AdamW), the backbone frozen up to ``--freeze-stride`` as ``fcnseg train``
-  freezes a pretrained body.
+  weights, fused AdamW), the backbone frozen up to ``--freeze-stride`` (the recipe's by
+  default) as ``fcnseg train`` freezes a pretrained body.
 
 fp32 and bf16 alternate over ``--rounds``; the best round of each is kept. Random weights:
 speed only. Run it with ``PYTHONPATH=<another checkout>/src`` to time another version::
@@ -25,6 +25,7 @@ import torch
 from fcnseg.allocator import keep_freed_memory
 from fcnseg.device import cpu_has_fast_bf16
 from fcnseg.models import build_model, fold_batchnorm
+from fcnseg.training.config import TrainConfig
 from fcnseg.training.losses import build_loss
 from report import write_report
 
@@ -73,7 +74,7 @@ def _images_per_s(run: Callable[[bool], None], images: int, bf16: bool, calls: i
 def main() -> None:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("--backbones", nargs="+", default=["efficientnet_lite0", "resnet18"])
-    p.add_argument("--freeze-stride", type=int, default=8)
+    p.add_argument("--freeze-stride", type=int, default=TrainConfig().freeze_stride)
     p.add_argument("--rounds", type=int, default=3)
     p.add_argument("--json", type=Path, default=Path(__file__).parent / "out/precision.json")
     args = p.parse_args()

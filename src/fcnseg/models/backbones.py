@@ -241,7 +241,7 @@ def early_layers(body: nn.Module, stride: int) -> list[nn.Module]:
     the high-resolution layers next to the input (stem, then stages), in order."""
     if isinstance(body, LiteBody):
         features = body.features
-        layers, reduction = [], 2  # the stem conv has stride 2
+        layers, reduction = [], features.conv_stem.stride[0]
         if reduction <= stride:
             layers += [features.conv_stem, features.bn1]
         for stage in features.blocks:
