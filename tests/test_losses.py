@@ -105,6 +105,30 @@ def test_build_loss():
         build_loss("dice")
 
 
+def test_channels_last_scores_scaled_losses_and_ignored_nan():
+    torch.manual_seed(2)
+    target = torch.randint(0, 5, (2, 6, 8)).repeat_interleave(2, 1).repeat_interleave(2, 2)
+    target[0, :3] = 255
+    logits = torch.randn(2, 5, 12, 16) * 3
+    loss_fn = build_loss("ce+lovasz", boundary_weight=4.0)
+    grads = []
+    for layout in (torch.contiguous_format, torch.channels_last):  # the model's output layout
+        scores = logits.clone().contiguous(memory_format=layout).requires_grad_()
+        loss = loss_fn(scores, target)
+        (2.0 * loss).backward()  # a scaled loss scales the gradient
+        assert scores.grad.is_contiguous(memory_format=layout)
+        grads.append((loss.item(), scores.grad))
+    assert grads[0][0] == pytest.approx(grads[1][0], rel=1e-6)
+    torch.testing.assert_close(grads[0][1], grads[1][1])
+    plain = logits.clone().requires_grad_()
+    loss_fn(plain, target).backward()
+    torch.testing.assert_close(grads[0][1], 2.0 * plain.grad)
+    # Scores of ignored pixels are read by nothing: not even NaN reaches the loss.
+    broken = logits.clone()
+    broken[0, :, :3] = float("nan")
+    assert loss_fn(broken, target).item() == pytest.approx(grads[0][0], rel=1e-6)
+
+
 def test_boundary_mask_and_boundary_weighted_cross_entropy():
     target = torch.zeros(1, 12, 12, dtype=torch.long)
     target[0, 4:8, 4:8] = 2  # a 4 x 4 square
