@@ -9,7 +9,7 @@ from torch import nn
 import fcnseg
 from fcnseg.errors import FcnsegError, UnknownNameError
 from fcnseg.models import BACKBONES, FCN, MODELS, bilinear_kernel, build_model
-from fcnseg.models.backbones import early_layers
+from fcnseg.models.backbones import depthwise_convs, early_layers
 
 
 def test_top_level_exports():
@@ -149,6 +149,25 @@ def test_freezing_the_early_backbone_layers(backbone):
     assert all(p.requires_grad for p in model.parameters())
     stem_bn = model.backbone.bn1 if backbone == "resnet18" else model.backbone.features.bn1
     assert model.train() is model and stem_bn.training
+
+
+@pytest.mark.parametrize("backbone", ["resnet18", "efficientnet_lite0"])
+def test_freezing_the_depthwise_filters(backbone):
+    torch.manual_seed(0)
+    model = build_model("fcn8s", 3, backbone=backbone)
+    frozen_early = model.freeze_backbone(4)
+    assert model.freeze_backbone(4, depthwise=True) >= frozen_early  # a ResNet has none
+    depthwise = {id(conv.weight) for conv in depthwise_convs(model.backbone)}
+    assert bool(depthwise) == (backbone != "resnet18")
+    model.train()
+    model(torch.rand(2, 3, 64, 64))["out"].sum().backward()
+    early = {id(p) for module in model.frozen_layers for p in module.parameters()}
+    for name, p in model.named_parameters():
+        assert (p.grad is None) == (id(p) in early | depthwise), name
+    if depthwise:  # the BatchNorm after a fixed depthwise filter still trains
+        assert model.backbone.features.blocks[3][0].bn2.weight.grad is not None
+    model.freeze_backbone(0)
+    assert all(p.requires_grad for p in model.parameters())
 
 
 @pytest.mark.parametrize("backbone", ["resnet18", "efficientnet_lite0"])

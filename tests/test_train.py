@@ -353,6 +353,24 @@ def test_freeze_stride_keeps_the_loaded_early_layers(data_dir, tmp_path):
             assert torch.equal(trained[f"backbone.{key}"], start) == frozen, key
 
 
+def test_freeze_depthwise_keeps_the_pretrained_depthwise_filters(data_dir, tmp_path, capsys):
+    from conftest import quick_flags
+    from fcnseg.models.backbones import build_backbone, depthwise_convs
+
+    assert main(["train", *quick_flags(data_dir, tmp_path / "run", "--backbone",
+                                       "efficientnet_lite0", "--pretrained", "--freeze-stride",
+                                       "0", "--freeze-depthwise", "--epochs", "1")]) == 0
+    assert "depthwise filters fixed" in capsys.readouterr().out
+    trained = _weights(tmp_path / "run" / "last.pt")
+    body, _ = build_backbone("efficientnet_lite0", pretrained=True)
+    names = {id(m): name for name, m in body.named_modules()}
+    depthwise = {f"backbone.{names[id(conv)]}.weight" for conv in depthwise_convs(body)}
+    start = {f"backbone.{k}": v for k, v in body.state_dict().items()}
+    assert depthwise and all(torch.equal(trained[k], start[k]) for k in depthwise)
+    pointwise = [k for k in start if k.endswith("conv_pw.weight")]
+    assert pointwise and not any(torch.equal(trained[k], start[k]) for k in pointwise)
+
+
 def test_random_layers_are_never_frozen(data_dir, tmp_path):
     from conftest import quick_flags
 

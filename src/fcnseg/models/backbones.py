@@ -254,6 +254,12 @@ def early_layers(body: nn.Module, stride: int) -> list[nn.Module]:
             if _RESNET_STRIDES.get(name, 64) <= stride]
 
 
+def depthwise_convs(body: nn.Module) -> list[nn.Conv2d]:
+    """The depthwise convolutions of a backbone ``body`` (one filter per channel)."""
+    return [m for m in body.modules() if isinstance(m, nn.Conv2d) and m.groups > 1
+            and m.groups == m.in_channels == m.out_channels]
+
+
 def normalization(name: str) -> tuple[tuple[float, ...], tuple[float, ...]]:
     """``(mean, std)`` of 0-1 pixels that backbone ``name``'s ImageNet weights expect."""
     spec = get_spec(name)

@@ -51,13 +51,13 @@ RECIPES: dict[str, dict[str, Any]] = {
         "epochs": 5, "crop": list(DEFAULT_TILE), "scale": [1.0, 1.0], "flip": False,
         "color_jitter": 0.0, "schedule": "constant", "warmup_iters": 0, "loss": "ce",
         "boundary_weight": 0.0, "ema": 0.0, "channels_last": False, "precision": "fp32",
-        "freeze_stride": 0,
+        "freeze_stride": 0, "freeze_depthwise": False,
     },
 }
 DEFAULT_RECIPE = "fcnseg"
 CHOICES["recipe"] = tuple(RECIPES)
 # Settings added after the first release, with the value that runs saved before them used.
-SINCE: dict[str, Any] = {"backbone_lr": 1.0, "freeze_stride": 0}
+SINCE: dict[str, Any] = {"backbone_lr": 1.0, "freeze_stride": 0, "freeze_depthwise": False}
 
 
 @dataclass
@@ -98,6 +98,9 @@ class TrainConfig:
         4, "keep the pretrained backbone's layers up to this stride fixed (no gradients, "
         "ImageNet BatchNorm statistics); 0: train them all; nothing is frozen with "
         "--no-pretrained", group="model", choices="freeze_stride", metavar="STRIDE")
+    freeze_depthwise: bool = setting(
+        False, "also keep every depthwise filter of a pretrained backbone fixed (EfficientNet-"
+        "Lite; their BatchNorms still train)", group="model")
     # optimisation: AdamW + poly after a linear warm-up, CE + Lovasz-softmax with boundary
     # pixels weighted (benchmarks/RESULTS.md, "Accuracy").
     epochs: int = setting(30, "", group="optimisation", low=1)

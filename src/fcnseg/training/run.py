@@ -204,7 +204,7 @@ def _build_model(config: TrainConfig, model_args: dict[str, Any],
     fmt = torch.channels_last if config.channels_last else torch.contiguous_format
     model = build_model(**model_args).to(device=info.device, memory_format=fmt)
     if config.pretrained or config.backbone_weights:  # random layers are never frozen
-        model.freeze_backbone(config.freeze_stride)
+        model.freeze_backbone(config.freeze_stride, config.freeze_depthwise)
     if config.sync_bn and info.enabled:
         model = torch.nn.SyncBatchNorm.convert_sync_batchnorm(model)
     if info.enabled:

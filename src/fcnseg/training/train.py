@@ -256,6 +256,8 @@ def _describe(run: Run) -> str:
     layout = "channels_last" if config.channels_last else "NCHW"
     if unwrap(run.model).frozen_layers:
         average += f", backbone fixed up to stride {config.freeze_stride}"
+    if config.freeze_depthwise and unwrap(run.model).frozen_parameters:
+        average += ", depthwise filters fixed"
     return (f"fcnseg train: {config.model}/{config.backbone}, {run.meta.num_classes} classes, "
             f"{len(run.train_ds)} train / {val} val images, batch {config.batch_size}{per}, "
             f"{run.steps_per_epoch} steps/epoch, device {run.device}, precision "
