@@ -18,6 +18,7 @@ its own data folder (``benchmarks/out/demo_recipe/data-...``); ``--fixed-upsampl
 from __future__ import annotations
 
 import argparse
+import functools
 import json
 import time
 from pathlib import Path
@@ -26,13 +27,14 @@ import torch
 
 import fcnseg.data.shapes as shapes
 import fcnseg.models as models
+import fcnseg.models.backbones as backbones
 import fcnseg.training.train as train_module
 from fcnseg.allocator import keep_freed_memory
 from fcnseg.data import build_dataset
 from fcnseg.demo import DEMO_SETTINGS
 from fcnseg.inference import Predictor
 from fcnseg.inference.evaluate import evaluate
-from fcnseg.training.config import resolve_config
+from fcnseg.training.config import CHOICES, resolve_config
 from fcnseg.training.train import fit
 
 DEMO = resolve_config(DEMO_SETTINGS)  # the demo's recipe: its differences on fcnseg's
@@ -44,6 +46,13 @@ def _patch(args: argparse.Namespace) -> None:
     if args.fixed_upsample:
         build_model = models.build_model
         models.build_model = lambda *a, **kw: build_model(*a, **kw, learnable_upsample=False)
+    if args.widths:
+        widths = tuple(args.widths)
+        args.backbone = "tiny-" + "-".join(map(str, widths))
+        channels = {"s8": widths[1], "s16": widths[2], "s32": widths[3]}
+        backbones.BACKBONES[args.backbone] = backbones.BackboneSpec(
+            functools.partial(backbones.tiny_resnet, widths=widths), None, channels)
+        CHOICES["backbone"] += (args.backbone,)
     if args.beta2 is not None:
         build_optimizer = train_module.build_optimizer
 
@@ -68,6 +77,10 @@ def main() -> None:
     p.add_argument("--beta2", type=float, help="AdamW's beta2 (default: torch's 0.999)")
     p.add_argument("--fixed-upsample", action="store_true",
                    help="freeze the bilinear transposed convolutions")
+    p.add_argument("--backbone", default=DEMO.backbone)
+    p.add_argument("--widths", type=int, nargs=4,
+                   help="a one-block-per-stage ResNet of these widths as the backbone "
+                        "(registered as 'tiny-W1-W2-W3-W4')")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--precision", default=DEMO.precision,
                    help="fp32 to time an AVX2 CPU's path on a bf16 CPU (with "
@@ -84,12 +97,13 @@ def main() -> None:
     shapes.RADIUS, shapes.SHAPES_PER_IMAGE = tuple(args.radius), tuple(args.shapes_per_image)
     variant = (f"r{args.radius[0]:g}-{args.radius[1]:g}_n{args.shapes_per_image[0]}-"
                f"{args.shapes_per_image[1]}_{args.size}x{args.image_size}")
-    name = args.name or (f"{variant}_lr{args.lr:g}_e{args.epochs}_b{args.batch_size}_"
-                         f"{args.loss}_bw{args.boundary_weight:g}_wd{args.weight_decay:g}")
+    name = args.name or (f"{variant}_{args.backbone}_c{args.crop}_lr{args.lr:g}_e{args.epochs}_"
+                         f"b{args.batch_size}_{args.loss}_bw{args.boundary_weight:g}_wd{args.weight_decay:g}")
     data_options = {"size": args.size, "image_size": args.image_size, "seed": 0, "val_size": 128}
     config = resolve_config({
         **DEMO_SETTINGS, "lr": args.lr, "epochs": args.epochs, "batch_size": args.batch_size,
         "optimizer": args.optimizer, "weight_decay": args.weight_decay, "loss": args.loss,
+        "backbone": args.backbone,
         "boundary_weight": args.boundary_weight, "seed": args.seed,
         "precision": args.precision,
         "crop": [args.crop] * 2, "val_every": max(1, args.epochs // 2),
