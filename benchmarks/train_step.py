@@ -3,11 +3,13 @@
 A step of the recipe: FCN-8s / Lite0 (random weights: speed only), channels-last, fp32,
 8 crops of 256 x 320 with 11 classes, cross entropy + Lovász-softmax with boundary weights,
 fused AdamW. Each variant freezes the backbone up to a stride and takes its loss from this
-checkout or from another checkout's ``training/losses.py``. The variants' steps alternate,
+checkout or from another checkout's ``training/losses.py``; ``+dw`` after the stride also
+keeps the depthwise filters fixed (``--freeze-depthwise``). The variants' steps alternate,
 so a host whose speed drifts (a shared one) slows them alike; medians over ``--steps``::
 
-    python benchmarks/train_step.py --variant now:4 \\
-        --variant before:0:<checkout of the version before>/src/fcnseg/training/losses.py
+    python benchmarks/train_step.py \\
+        --variant before:0:<checkout of the version before>/src/fcnseg/training/losses.py \\
+        --variant now:4 --variant now-dw:4+dw
 
 Run it with ``ONEDNN_MAX_CPU_ISA=AVX2 ATEN_CPU_CAPABILITY=avx2`` to time an AVX2 CPU's path
 on a CPU with AVX-512.
@@ -44,10 +46,11 @@ def _losses_module(path: str | None) -> object:
     return module
 
 
-def _step(freeze: int, losses_path: str | None) -> Callable[[], None]:
+def _step(freeze: str, losses_path: str | None) -> Callable[[], None]:
     model = build_model("fcn8s", 11, backbone="efficientnet_lite0").to(memory_format=CL)
-    if freeze:
-        model.freeze_backbone(freeze)
+    stride, depthwise = int(freeze.removesuffix("+dw")), freeze.endswith("+dw")
+    if stride or depthwise:
+        model.freeze_backbone(stride, depthwise)
     model.train()
     optimizer = torch.optim.AdamW([p for p in model.parameters() if p.requires_grad],
                                   lr=1e-4, fused=True)
@@ -67,7 +70,7 @@ def _step(freeze: int, losses_path: str | None) -> Callable[[], None]:
 def main() -> None:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("--variant", action="append", required=True,
-                   help="NAME:FREEZE_STRIDE[:PATH to another checkout's losses.py]")
+                   help="NAME:FREEZE_STRIDE[+dw][:PATH to another checkout's losses.py]")
     p.add_argument("--steps", type=int, default=15)
     p.add_argument("--json", type=Path, default=Path(__file__).parent / "out/train_step.json")
     args = p.parse_args()
@@ -76,7 +79,7 @@ def main() -> None:
     variants = {}
     for spec in args.variant:
         name, freeze, *path = spec.split(":", 2)
-        variants[name] = _step(int(freeze), path[0] if path else None)
+        variants[name] = _step(freeze, path[0] if path else None)
     for step in variants.values():  # warm-up: oneDNN picks its kernels
         step(), step()
     seconds: dict[str, list[float]] = {name: [] for name in variants}

@@ -41,6 +41,7 @@ def test_default_recipe_differs_from_d2l():
     assert set(RECIPES) >= {"d2l", "fcnseg"}
     assert c.color_jitter > 0 and d2l.color_jitter == 0.0  # the chapter has no photometric aug
     assert (c.freeze_stride, d2l.freeze_stride) == (4, 0)  # the chapter trains every layer
+    assert (c.freeze_depthwise, d2l.freeze_depthwise) == (True, False)
 
 
 def test_train_help_reads_each_recipes_values(capsys):
