@@ -134,13 +134,13 @@ class _SegmentationLoss(torch.autograd.Function):
             else:
                 loss = loss + float("nan")
         ctx.save_for_backward(probs, lovasz_grad, coef * ce_weight, index)
-        ctx.like, ctx.dim = logits, dim
+        ctx.dim, ctx.shape, ctx.dtype = dim, logits.shape, logits.dtype  # not the scores
         return loss
 
     @staticmethod
     def backward(ctx, grad_output: torch.Tensor) -> tuple[torch.Tensor | None, ...]:
         probs, lovasz_grad, coef, index = ctx.saved_tensors
-        dim, like = ctx.dim, ctx.like
+        dim = ctx.dim
         if lovasz_grad is None:
             grad = probs * coef
         else:  # through the softmax: p_j (G_j - sum_c p_c G_c)
@@ -149,11 +149,11 @@ class _SegmentationLoss(torch.autograd.Function):
         grad.scatter_add_(dim, index, -coef)  # cross entropy: coef (p - onehot)
         if grad_output.item() != 1.0:  # 1 unless the loss was scaled
             grad.mul_(grad_output)
-        grad = grad.to(like.dtype)
-        if dim == 2:
-            n, c, h, w = like.shape
+        grad = grad.to(ctx.dtype)
+        if dim == 2:  # back to N x C x H x W, laid out channels-last as the scores were
+            n, c, h, w = ctx.shape
             return grad.view(n, h, w, c).permute(0, 3, 1, 2), None, None, None, None, None, None
-        return grad.view(like.shape), None, None, None, None, None, None
+        return grad.view(ctx.shape), None, None, None, None, None, None
 
 
 def _lovasz(probs: torch.Tensor, index: torch.Tensor, valid: torch.Tensor | None, dim: int,
