@@ -4,8 +4,8 @@ For each backbone, FCN-8s with 11 classes, channels-last, in one process:
 
 * inference: one 360 x 480 image at a time, BatchNorm folded, ``torch.inference_mode``;
 * training: a step of 8 crops of 256 x 320 (cross entropy + Lovász-softmax with boundary
-  weights, fused AdamW), the backbone frozen up to ``--freeze-stride`` (the recipe's by
-  default) as ``fcnseg train`` freezes a pretrained body.
+  weights, fused AdamW), the backbone frozen up to ``--freeze-stride`` and its depthwise
+  filters fixed (the recipe's settings) as ``fcnseg train`` freezes a pretrained body.
 
 fp32 and bf16 alternate over ``--rounds``; the best round of each is kept. Random weights:
 speed only. Run it with ``PYTHONPATH=<another checkout>/src`` to time another version::
@@ -45,7 +45,10 @@ def _inference(backbone: str) -> tuple[Callable[[bool], None], int]:
 def _training(backbone: str, freeze: int) -> tuple[Callable[[bool], None], int]:
     model = build_model("fcn8s", 11, backbone=backbone).to(memory_format=CL)
     if freeze and hasattr(model, "freeze_backbone"):  # versions before it train every layer
-        model.freeze_backbone(freeze)
+        if hasattr(model, "frozen_parameters"):  # versions with --freeze-depthwise
+            model.freeze_backbone(freeze, TrainConfig().freeze_depthwise)
+        else:
+            model.freeze_backbone(freeze)
     model.train()
     optimizer = torch.optim.AdamW([p for p in model.parameters() if p.requires_grad],
                                   lr=1e-4, fused=True)
