@@ -334,7 +334,7 @@ def test_last_pt_is_written_once_an_epoch_and_even_when_validation_fails(data_di
     assert load_checkpoint(tmp_path / "broken" / "last.pt")["epoch"] == 1  # training kept
 
 
-def test_freeze_stride_keeps_the_loaded_early_layers(data_dir, tmp_path):
+def test_freeze_stride_keeps_the_loaded_early_layers(data_dir, tmp_path, capsys):
     from conftest import quick_flags
     from fcnseg.models.backbones import tiny_resnet
 
@@ -344,6 +344,8 @@ def test_freeze_stride_keeps_the_loaded_early_layers(data_dir, tmp_path):
     assert main(["train", *quick_flags(data_dir, tmp_path / "run", "--freeze-stride", "4",
                                        "--backbone-weights", str(tmp_path / "body.pt"),
                                        "--epochs", "1")]) == 0
+    said = capsys.readouterr().out
+    assert "backbone fixed up to stride 4" in said and "depthwise" not in said  # a ResNet
     trained = _weights(tmp_path / "run" / "last.pt")
     for key, start in body.items():
         # conv1, bn1 and layer1 (stride <= 4) keep their weights and BatchNorm statistics;

@@ -36,6 +36,7 @@ from ..distributed import (
 from ..fileio import atomic_write_text
 from ..inference import Predictor
 from ..inference.evaluate import evaluate
+from ..models.backbones import depthwise_convs
 from ..viz import plot_training_curves
 from .budget import Clock, TimeBudget
 from .config import TrainConfig, resolve_config
@@ -254,9 +255,10 @@ def _describe(run: Run) -> str:
     val = len(run.val_ds) if run.val_ds is not None else 0
     average = f", weight average {config.ema}" if run.average is not None else ""
     layout = "channels_last" if config.channels_last else "NCHW"
-    if unwrap(run.model).frozen_layers:
+    model = unwrap(run.model)
+    if model.frozen_layers:
         average += f", backbone fixed up to stride {config.freeze_stride}"
-    if config.freeze_depthwise and unwrap(run.model).frozen_parameters:
+    if any(not conv.weight.requires_grad for conv in depthwise_convs(model.backbone)):
         average += ", depthwise filters fixed"
     return (f"fcnseg train: {config.model}/{config.backbone}, {run.meta.num_classes} classes, "
             f"{len(run.train_ds)} train / {val} val images, batch {config.batch_size}{per}, "
