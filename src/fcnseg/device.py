@@ -83,9 +83,10 @@ def auto_precision(device_type: str = "cpu", depthwise_training: bool = False) -
         return "fp16", "fp16 autocast with gradient scaling (CUDA without bf16)"
     if cpu_has_fast_bf16():
         if depthwise_training:
-            # oneDNN's bf16 backward of depthwise convolutions is slower than its fp32 one:
-            # a Lite0 CamVid epoch ran 1.2x faster in fp32 on a Xeon with AMX (RESULTS.md).
-            return "fp32", "fp32 (bf16 would train this body's depthwise convolutions slower)"
+            # oneDNN's bf16 backward of depthwise convolutions is no faster than its fp32 one
+            # on a Xeon with AMX: with their filters trained a Lite0 CamVid epoch ran 1.2x
+            # faster in fp32, with them fixed (the recipe) at the same speed (RESULTS.md).
+            return "fp32", "fp32 (bf16 trains this body's depthwise convolutions no faster)"
         return "bf16", "bf16 autocast (CPU has AMX / AVX512-BF16)"
     return "fp32", "fp32 (this CPU has no AMX / AVX512-BF16, where bf16 would be slower)"
 
